@@ -1,0 +1,147 @@
+//! Protocol messages over async byte streams, and the byte relay.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::proto::{frame_len, ControlMessage, DecodeError, FrameDecoder};
+
+/// Relay buffer size per direction. 64 KiB exactly is pathological on a loopback whose
+/// MTU is 65536 (a write of one full MTU plus headers splits badly); 60 KiB is not.
+pub const RELAY_BUFFER: usize = 60 * 1024;
+
+/// Reading a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream failed.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The bytes were not a valid message.
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+}
+
+/// Reads exactly one frame body and not a byte more, so that payload which follows the
+/// frame on the same stream stays in the stream for the relay.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<BytesMut>, ReadError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match r.read(&mut prefix[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(ReadError::Truncated),
+            n => got += n,
+        }
+    }
+    let len = frame_len(prefix)?;
+    let mut body = BytesMut::zeroed(len);
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+        _ => ReadError::Io(e),
+    })?;
+    Ok(Some(body))
+}
+
+/// Writes pre-encoded frames and flushes them: control messages must not wait in a
+/// buffer for more data that may never come.
+pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[u8]) -> io::Result<()> {
+    w.write_all(frames).await?;
+    w.flush().await
+}
+
+/// Reads control messages from a stream that carries nothing else, with buffering.
+#[derive(Debug)]
+pub struct ControlReader<R> {
+    inner: R,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl<R: AsyncRead + Unpin> ControlReader<R> {
+    /// Wraps the receiving half of a control stream.
+    pub fn new(inner: R) -> Self {
+        Self { inner, buf: BytesMut::with_capacity(4096), decoder: FrameDecoder::new() }
+    }
+
+    /// The next message, or `None` when the peer finished the stream between messages.
+    pub async fn next(&mut self) -> Result<Option<ControlMessage>, ReadError> {
+        loop {
+            if let Some(body) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(ControlMessage::decode(&body)?));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
+            }
+        }
+    }
+
+    /// Like [`next`](Self::next), but gives up after `limit`.
+    pub async fn next_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<ControlMessage>, ReadError> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .map_err(|_| ReadError::Io(io::Error::new(io::ErrorKind::TimedOut, "no message in time")))?
+    }
+}
+
+/// Encodes one control message and sends it.
+pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(128);
+    msg.encode(&mut buf);
+    write_frames(w, &buf).await
+}
+
+/// Copies bytes both ways until both directions have ended. End-of-file on one side
+/// becomes a shutdown of the other side's write half only, so a half-close travels.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::StreamAnswer;
+
+    #[tokio::test]
+    async fn read_frame_leaves_the_payload_behind() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let mut buf = BytesMut::new();
+        StreamAnswer::Ok.encode(&mut buf);
+        buf.extend_from_slice(b"SSH-2.0-banner");
+        a.write_all(&buf).await.unwrap();
+        drop(a);
+
+        let body = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(StreamAnswer::decode(&body).unwrap(), StreamAnswer::Ok);
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"SSH-2.0-banner");
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_truncated_not_empty() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 0, 0, 10, 0x10]).await.unwrap();
+        drop(a);
+        assert!(matches!(read_frame(&mut b).await, Err(ReadError::Truncated)));
+    }
+
+    #[tokio::test]
+    async fn garbage_length_is_refused_without_reading_the_body() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let err = read_frame(&mut b).await.unwrap_err();
+        assert!(matches!(err, ReadError::Decode(DecodeError::FrameTooLarge(_))), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! The link between a space's agent and the gateway.
+//!
+//! - [`proto`]: the protocol as data, with no I/O: frames, control messages, the
+//!   data-stream header and its answer.
+//! - [`transport`]: the link over QUIC, and what the gateway and agent see of a link
+//!   whatever carries it.
+//! - [`io`]: reading and writing protocol messages on async streams.
+//! - [`tls`]: certificate trust for the agent (CA file or pinned fingerprint).
+//! - [`agent`]: the daemon that runs inside a space.
+
+pub mod agent;
+pub mod io;
+pub mod proto;
+pub mod tls;
+pub mod transport;

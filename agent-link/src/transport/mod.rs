@@ -1,0 +1,203 @@
+//! What the gateway and the agent see of a link, whatever transport carries it.
+//!
+//! A [`Link`] opens and accepts [`DataStream`]s; a data stream is a pair of halves that
+//! read and write bytes with half-close. Routing and the relay use only these types.
+
+pub mod quic;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proto::StreamClass;
+
+/// Which transport carries a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// QUIC (ALPN `agent-link/1`).
+    Quic,
+}
+
+impl TransportKind {
+    /// The name shown in logs and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+        }
+    }
+}
+
+/// Opening or accepting a stream failed; the link is usually gone.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The QUIC connection ended or refused the stream.
+    #[error("link closed: {0}")]
+    Quic(#[from] quinn::ConnectionError),
+}
+
+/// One agent's link to the gateway.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+}
+
+impl Link {
+    /// Opens a stream to the peer. The peer sees it when the first bytes arrive.
+    pub async fn open(&self) -> Result<DataStream, LinkError> {
+        match self {
+            Self::Quic(conn) => {
+                let (send, recv) = conn.open_bi().await?;
+                Ok(DataStream { send: SendHalf::Quic(send), recv: RecvHalf::Quic(recv) })
+            }
+        }
+    }
+
+    /// The next stream the peer opened, or `None` once the link has closed.
+    pub async fn accept(&self) -> Option<DataStream> {
+        match self {
+            Self::Quic(conn) => {
+                let (send, recv) = conn.accept_bi().await.ok()?;
+                Some(DataStream { send: SendHalf::Quic(send), recv: RecvHalf::Quic(recv) })
+            }
+        }
+    }
+
+    /// Waits until the link has closed, for whatever reason.
+    pub async fn closed(&self) {
+        match self {
+            Self::Quic(conn) => {
+                conn.closed().await;
+            }
+        }
+    }
+
+    /// Closes the link at once; open streams are cut.
+    pub fn close(&self, reason: &str) {
+        match self {
+            Self::Quic(conn) => conn.close(0u32.into(), reason.as_bytes()),
+        }
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        match self {
+            Self::Quic(conn) => conn.remote_address(),
+        }
+    }
+
+    /// The transport's own round-trip estimate.
+    pub fn rtt(&self) -> Duration {
+        match self {
+            Self::Quic(conn) => conn.rtt(),
+        }
+    }
+
+    /// Which transport this is.
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Self::Quic(_) => TransportKind::Quic,
+        }
+    }
+}
+
+/// A bidirectional byte stream on a link.
+#[derive(Debug)]
+pub struct DataStream {
+    /// Bytes to the peer.
+    pub send: SendHalf,
+    /// Bytes from the peer.
+    pub recv: RecvHalf,
+}
+
+impl DataStream {
+    /// Sends this stream's bytes ahead of, or after, other streams on the same link.
+    pub fn set_class(&mut self, class: StreamClass) {
+        match &mut self.send {
+            SendHalf::Quic(s) => {
+                let priority = match class {
+                    StreamClass::Interactive => 1,
+                    StreamClass::Bulk => 0,
+                };
+                let _ = s.set_priority(priority);
+            }
+        }
+    }
+
+    /// Aborts both directions: the peer sees a reset, not a clean end, so a cut
+    /// transfer cannot pass for a complete one.
+    pub fn reset(&mut self) {
+        match (&mut self.send, &mut self.recv) {
+            (SendHalf::Quic(s), RecvHalf::Quic(r)) => {
+                let _ = s.reset(1u32.into());
+                let _ = r.stop(1u32.into());
+            }
+        }
+    }
+}
+
+/// The sending half of a data stream. Shutdown ends this direction only.
+#[derive(Debug)]
+pub enum SendHalf {
+    /// A QUIC send stream.
+    Quic(quinn::SendStream),
+}
+
+/// The receiving half of a data stream.
+#[derive(Debug)]
+pub enum RecvHalf {
+    /// A QUIC receive stream.
+    Quic(quinn::RecvStream),
+}
+
+impl AsyncWrite for SendHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(Into::into),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for RecvHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().send).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().send).poll_shutdown(cx)
+    }
+}

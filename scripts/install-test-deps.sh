@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the system tools the end-to-end tests start or call: a real sshd,
+# nginx, an X/VNC desktop behind websockify, and the command-line helpers.
+# Idempotent and quick when everything is already present: apt is only
+# touched if some command or package is missing. Meant for Debian 12 as root.
+set -euo pipefail
+
+# command -> Debian package that provides it. sshd lives in /usr/sbin, which
+# may be absent from PATH for ordinary users, hence the absolute paths.
+declare -A NEEDED=(
+    [/usr/sbin/sshd]=openssh-server
+    [ssh]=openssh-client
+    [scp]=openssh-client
+    [ssh-keygen]=openssh-client
+    [nginx]=nginx
+    [Xvfb]=xvfb
+    [x11vnc]=x11vnc
+    [websockify]=websockify
+    [curl]=curl
+    [sha256sum]=coreutils
+    [nft]=nftables
+    [ip]=iproute2
+    [python3]=python3
+)
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("${NEEDED[$cmd]}")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: all test dependencies present"
+    exit 0
+fi
+
+# De-duplicate (several commands come from the same package).
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing packages: ${packages[*]} (run as root)" >&2
+    exit 1
+fi
+
+# Package post-install scripts would otherwise start system-wide sshd and
+# nginx on ports 22/80; the tests start their own instances instead. Docker
+# images usually ship this policy file already; add it only for this run.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
+
+echo "install-test-deps: installing ${packages[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
