@@ -5,11 +5,13 @@
 //! - [`transport`]: the link over QUIC, and what the gateway and agent see of a link
 //!   whatever carries it.
 //! - [`io`]: reading and writing protocol messages on async streams.
+//! - [`net`]: name resolution.
 //! - [`tls`]: certificate trust for the agent (CA file or pinned fingerprint).
 //! - [`agent`]: the daemon that runs inside a space.
 
 pub mod agent;
 pub mod io;
+pub mod net;
 pub mod proto;
 pub mod tls;
 pub mod transport;

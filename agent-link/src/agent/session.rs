@@ -157,12 +157,7 @@ impl Attempt<'_> {
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, LinkEnd> {
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| LinkEnd::Resolve(format!("{host}:{port}"), e))?;
-    addrs.next().ok_or_else(|| {
-        LinkEnd::Resolve(format!("{host}:{port}"), std::io::Error::other("no address"))
-    })
+    crate::net::resolve(host, port).await.map_err(|e| LinkEnd::Resolve(format!("{host}:{port}"), e))
 }
 
 /// Serves one registered link until it ends: answers pings, serves streams.

@@ -131,12 +131,8 @@ impl DataStream {
     /// Aborts both directions: the peer sees a reset, not a clean end, so a cut
     /// transfer cannot pass for a complete one.
     pub fn reset(&mut self) {
-        match (&mut self.send, &mut self.recv) {
-            (SendHalf::Quic(s), RecvHalf::Quic(r)) => {
-                let _ = s.reset(1u32.into());
-                let _ = r.stop(1u32.into());
-            }
-        }
+        self.send.reset();
+        self.recv.stop();
     }
 }
 
@@ -147,11 +143,33 @@ pub enum SendHalf {
     Quic(quinn::SendStream),
 }
 
+impl SendHalf {
+    /// Abandons this direction: the peer reads an error, not end-of-file.
+    pub fn reset(&mut self) {
+        match self {
+            Self::Quic(s) => {
+                let _ = s.reset(1u32.into());
+            }
+        }
+    }
+}
+
 /// The receiving half of a data stream.
 #[derive(Debug)]
 pub enum RecvHalf {
     /// A QUIC receive stream.
     Quic(quinn::RecvStream),
+}
+
+impl RecvHalf {
+    /// Tells the peer to stop sending: nothing more will be read.
+    pub fn stop(&mut self) {
+        match self {
+            Self::Quic(r) => {
+                let _ = r.stop(1u32.into());
+            }
+        }
+    }
 }
 
 impl AsyncWrite for SendHalf {

@@ -1,0 +1,205 @@
+//! The gateway's settings. Precedence, lowest first: the defaults written here, the
+//! TOML file given with `--config`, environment variables, flags. With nothing given
+//! at all the gateway runs a local development setup on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting. Field docs state the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where generated keys and certificates are kept. Default: `$XDG_DATA_HOME/space-gateway`,
+    /// else `~/.local/share/space-gateway`.
+    pub data_dir: PathBuf,
+    /// The agent listener.
+    pub agents: AgentsConfig,
+    /// The public front door.
+    pub public: PublicConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+}
+
+/// `[agents]`: where agents link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// UDP (QUIC) address for agent links. Default `127.0.0.1:7443`.
+    pub listen: SocketAddr,
+    /// Interval at which the gateway pings each agent, in seconds. Default 5.
+    pub ping_interval_secs: u64,
+    /// Time an agent has to send `Hello` after connecting, in seconds. Default 10.
+    pub hello_timeout_secs: u64,
+}
+
+/// `[public]`: where users connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicConfig {
+    /// TLS address. Default `127.0.0.1:8443`.
+    pub listen: SocketAddr,
+    /// Optional plain-HTTP address, for a load balancer that terminates TLS. Default: none.
+    pub plain_listen: Option<SocketAddr>,
+    /// The domain: spaces are `USER--SPACE--PORT.DOMAIN`. Default `gateway.localhost` (every name under `.localhost` resolves to loopback, and TLS clients refuse a wildcard directly under a top-level name).
+    pub domain: String,
+    /// Certificate chain (PEM) for `DOMAIN` and `*.DOMAIN`. Default: a self-signed
+    /// certificate generated in the data directory.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Default: generated with the certificate.
+    pub key: Option<PathBuf>,
+    /// Largest request head accepted, in bytes; larger ones get 431. Default 65536.
+    pub max_head_bytes: usize,
+    /// Time a client has to send a whole request head, in seconds; then 408. Default 30.
+    pub head_timeout_secs: u64,
+}
+
+/// `[auth]`: token verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The deployment's Ed25519 public key (PEM). Default: generated with its private
+    /// key in the data directory (development only: production gateways get only the
+    /// public key).
+    pub public_key: Option<PathBuf>,
+    /// Whether HTTP ports that an agent declares public may be reached without a token.
+    /// Default true.
+    pub allow_public_ports: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            agents: AgentsConfig::default(),
+            public: PublicConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { listen: ([127, 0, 0, 1], 7443).into(), ping_interval_secs: 5, hello_timeout_secs: 10 }
+    }
+}
+
+impl Default for PublicConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8443).into(),
+            plain_listen: None,
+            domain: "gateway.localhost".into(),
+            cert: None,
+            key: None,
+            max_head_bytes: 64 * 1024,
+            head_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { public_key: None, allow_public_ports: true }
+    }
+}
+
+impl AgentsConfig {
+    /// The ping interval as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    /// The `Hello` deadline as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_secs(self.hello_timeout_secs.max(1))
+    }
+}
+
+/// The configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; settings it does not name keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let domain = &self.public.domain;
+        if domain.is_empty() || domain.starts_with('.') || domain.contains("--") || domain.contains('/') {
+            return Err(ConfigError::Invalid(format!("public.domain {domain:?} is not a domain name")));
+        }
+        if self.public.cert.is_some() != self.public.key.is_some() {
+            return Err(ConfigError::Invalid("public.cert and public.key go together".into()));
+        }
+        if self.public.max_head_bytes < 8192 {
+            return Err(ConfigError::Invalid("public.max_head_bytes must be at least 8192".into()));
+        }
+        Ok(())
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("space-gateway")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.public.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.agents.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(c.public.domain, "gateway.localhost");
+        assert!(c.auth.allow_public_ports);
+    }
+
+    #[test]
+    fn unknown_settings_are_errors_not_ignored() {
+        let err = Config::parse("[public]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn a_cert_without_a_key_is_invalid() {
+        let c = Config::parse("[public]\ncert = \"/x.pem\"\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The public front door: one TLS listener (and optionally a plain one behind a load
+//! balancer that terminates TLS), HTTP/1.1 with upgrades, routing by host and path.
+
+mod auth;
+mod proxy;
+mod reply;
+pub mod route;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_link::proto::{ClientAddr, ServiceKind, StreamClass};
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, info_span, Instrument};
+
+pub use auth::{TOKEN_COOKIE, TOKEN_PARAM};
+pub use reply::Body;
+
+use crate::auth::{Grant, Verifier};
+use crate::open::open_stream;
+use crate::registry::{Entry, Registry, SpaceKey};
+use auth::Access;
+use route::Route;
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request handler needs.
+#[derive(Debug)]
+pub struct Front {
+    /// The live spaces.
+    pub registry: Arc<Registry>,
+    /// Checks user tokens.
+    pub verifier: Verifier,
+    /// `DOMAIN`.
+    pub domain: String,
+    /// Whether declared-public HTTP ports skip the token check.
+    pub allow_public_ports: bool,
+    /// Largest request head, bytes.
+    pub max_head_bytes: usize,
+    /// Time to send a request head.
+    pub head_timeout: Duration,
+}
+
+/// Accepts TLS connections on `listener` until the task is dropped.
+pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, front: Arc<Front>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, addr)) = listener.accept().await else { continue };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, front) = (acceptor.clone(), front.clone());
+        let span = info_span!("conn", client.addr = %addr, tls = true);
+        tokio::spawn(
+            async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_conn(stream, addr, true, front).await,
+                    Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => debug!("TLS handshake timed out"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Accepts plain HTTP connections (TLS terminated in front of the gateway).
+pub async fn serve_plain(listener: TcpListener, front: Arc<Front>) {
+    loop {
+        let Ok((tcp, addr)) = listener.accept().await else { continue };
+        let _ = tcp.set_nodelay(true);
+        let front = front.clone();
+        let span = info_span!("conn", client.addr = %addr, tls = false);
+        tokio::spawn(serve_conn(tcp, addr, false, front).instrument(span));
+    }
+}
+
+async fn serve_conn<IO>(io: IO, client: SocketAddr, tls: bool, front: Arc<Front>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(front.head_timeout).max_buf_size(front.max_head_bytes);
+    let service = service_fn(move |req| {
+        let front = front.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, client, tls, &front).await) }
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+        // Clients that vanish mid-request are ordinary; nothing for an operator here.
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Routes one request and answers it; every failure becomes a response that says what
+/// went wrong.
+async fn handle(req: Request<Incoming>, client: SocketAddr, tls: bool, front: &Front) -> Response<Body> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+    let route = match route::route(host, req.uri().path(), &front.domain) {
+        Ok(route) => route,
+        Err(e) => return reply::text(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let client = ClientAddr(client);
+    match route {
+        Route::Port { space, port } => http_port(req, client, tls, front, space, port).await,
+        Route::Vnc { space } => vnc(req, client, tls, front, space).await,
+        Route::Ssh { space } => tcp_socket(req, client, front, space, None).await,
+        Route::Tcp { space, port } => tcp_socket(req, client, front, space, Some(port)).await,
+    }
+}
+
+/// `USER--SPACE--PORT.DOMAIN`: an HTTP port, public ones without a token.
+async fn http_port(
+    req: Request<Incoming>,
+    client: ClientAddr,
+    tls: bool,
+    front: &Front,
+    space: SpaceKey,
+    port: u16,
+) -> Response<Body> {
+    let entry = front.registry.get(&space);
+    let service = entry.as_ref().and_then(|e| e.service(port));
+    let public = front.allow_public_ports && service.as_ref().is_some_and(|s| s.public && s.kind == ServiceKind::Http);
+    if !public {
+        if let Err(resp) = authorize(&req, front, &space, Grant::Http) {
+            return resp;
+        }
+    }
+    let Some(entry) = entry else { return reply::not_connected(&space) };
+    match service.map(|s| s.kind) {
+        Some(ServiceKind::Http | ServiceKind::Vnc) => {}
+        Some(ServiceKind::Https) => {
+            return reply::text(StatusCode::NOT_IMPLEMENTED, format!("port {port} serves HTTPS inside the space; the gateway proxies plain HTTP ports only"));
+        }
+        Some(ServiceKind::Tcp) => {
+            return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not an HTTP port; reach it through /tcp/{}/{}/{port}", space.user, space.space));
+        }
+        None => return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not offered by space {space}")),
+    }
+    forward(req, client, tls, &entry, port, StreamClass::Bulk).await
+}
+
+/// `USER--SPACE--vnc.DOMAIN`: the VNC web service, page and websocket.
+async fn vnc(req: Request<Incoming>, client: ClientAddr, tls: bool, front: &Front, space: SpaceKey) -> Response<Body> {
+    if let Err(resp) = authorize(&req, front, &space, Grant::Vnc) {
+        return resp;
+    }
+    let Some(entry) = front.registry.get(&space) else { return reply::not_connected(&space) };
+    let Some(service) = entry.service_of_kind(ServiceKind::Vnc) else {
+        return reply::text(StatusCode::NOT_FOUND, format!("space {space} offers no VNC desktop"));
+    };
+    forward(req, client, tls, &entry, service.port, StreamClass::Interactive).await
+}
+
+/// `/ssh/USER/SPACE` and `/tcp/USER/SPACE/PORT`: a websocket carrying raw TCP bytes.
+async fn tcp_socket(
+    req: Request<Incoming>,
+    client: ClientAddr,
+    front: &Front,
+    space: SpaceKey,
+    port: Option<u16>,
+) -> Response<Body> {
+    let grant = if port.is_some() { Grant::Tcp } else { Grant::Ssh };
+    if let Err(resp) = authorize(&req, front, &space, grant) {
+        return resp;
+    }
+    if let Err(resp) = ws::check_upgrade(&req) {
+        return resp;
+    }
+    let Some(entry) = front.registry.get(&space) else { return reply::not_connected(&space) };
+    let (port, class) = match port {
+        Some(port) if entry.service(port).is_some() => (port, StreamClass::Bulk),
+        Some(port) => return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not offered by space {space}")),
+        None => match entry.services.read().expect("services lock poisoned").iter().find(|s| s.name == "ssh") {
+            Some(s) => (s.port, StreamClass::Interactive),
+            None => return reply::text(StatusCode::NOT_FOUND, format!("space {space} offers no SSH server")),
+        },
+    };
+    match open_stream(&entry, port, client, class).await {
+        Ok((stream, id)) => ws::accept(req, stream, info_span!("stream", %space, port, request = %id)),
+        Err(e) => {
+            info!(%space, port, error = %e, "stream not opened");
+            reply::open_failed(&e)
+        }
+    }
+}
+
+/// Opens a stream to `port` and proxies the HTTP request over it.
+async fn forward(
+    req: Request<Incoming>,
+    client: ClientAddr,
+    tls: bool,
+    entry: &Entry,
+    port: u16,
+    class: StreamClass,
+) -> Response<Body> {
+    match open_stream(entry, port, client, class).await {
+        Ok((stream, id)) => {
+            let span = info_span!("stream", session = %entry.session, port, request = %id);
+            proxy::forward(req, stream, client, tls).instrument(span).await
+        }
+        Err(e) => {
+            info!(session = %entry.session, port, error = %e, "stream not opened");
+            reply::open_failed(&e)
+        }
+    }
+}
+
+/// 401 without a valid token, 403 with one that does not reach this space or service.
+fn authorize(req: &Request<Incoming>, front: &Front, space: &SpaceKey, grant: Grant) -> Result<(), Response<Body>> {
+    match auth::check(req, &front.verifier, space, grant) {
+        Access::Granted(claims) => {
+            debug!(user = %claims.sub, service = grant.as_str(), "access granted");
+            Ok(())
+        }
+        Access::Missing => Err(reply::unauthorized("a user token is required: send Authorization: Bearer TOKEN, ?access_token=TOKEN on a websocket, or log in")),
+        Access::Invalid(e) => {
+            info!(%space, error = %e, "token refused");
+            Err(reply::unauthorized(format!("{e}")))
+        }
+        Access::Forbidden(claims) => {
+            info!(%space, user = %claims.sub, service = grant.as_str(), "access denied");
+            Err(reply::text(StatusCode::FORBIDDEN, format!("this token does not grant {} access to space {space}", grant.as_str())))
+        }
+    }
+}

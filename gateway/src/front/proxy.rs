@@ -1,0 +1,83 @@
+//! HTTP over a stream to a space: one upstream HTTP/1.1 connection per request, with
+//! protocol upgrades (the VNC page's websocket) joined byte for byte.
+
+use agent_link::proto::ClientAddr;
+use agent_link::transport::DataStream;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, Instrument};
+
+use super::auth::strip_credentials;
+use super::reply::{self, Body};
+
+/// Sends `req` to the space over `stream` and returns the space's response.
+pub(super) async fn forward(mut req: Request<Incoming>, stream: DataStream, client: ClientAddr, tls: bool) -> Response<Body> {
+    // 1. Take the client's upgrade future before the request is moved upstream; it
+    //    resolves once our 101 response has been written to the client.
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    strip_credentials(&mut req);
+    add_forwarded(&mut req, client, tls);
+
+    // 2. A fresh HTTP/1.1 client connection over the stream. The connection task ends
+    //    when the response body has been read, or carries the upgraded stream after 101.
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(e) => return reply::text(StatusCode::BAD_GATEWAY, format!("cannot talk HTTP to the space: {e}")),
+    };
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection failed");
+            }
+        }
+        .in_current_span(),
+    );
+
+    // 3. The response, and on 101 the join of both upgraded connections.
+    let mut resp = match sender.send_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return reply::text(StatusCode::BAD_GATEWAY, format!("the space's service failed to answer: {e}")),
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(join_upgraded(client_upgrade, upstream).in_current_span());
+        }
+    }
+    resp.map(|body| body.boxed())
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+}
+
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => return debug!(error = %e, "upgrade failed"),
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match agent_link::io::relay(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded connection done"),
+        Err(e) => debug!(error = %e, "upgraded connection aborted"),
+    }
+}
+
+/// `X-Forwarded-For`, `-Proto` and `-Host`, as proxies conventionally add them.
+fn add_forwarded<B>(req: &mut Request<B>, client: ClientAddr, tls: bool) {
+    let headers = req.headers_mut();
+    let ip = client.0.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+}

@@ -1,0 +1,45 @@
+//! The responses the gateway itself writes: errors a person can read.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::open::OpenError;
+
+/// Every response body the front door returns.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A plain-text response with `status` and a one-line explanation.
+pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut body = message.into();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .expect("a static status and headers make a valid response")
+}
+
+/// 503 with `Retry-After`: the space has no link right now.
+pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("space {space} is not connected to the gateway; start it or wait for its agent to reconnect"),
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
+}
+
+/// The answer for a stream that could not be opened.
+pub fn open_failed(err: &OpenError) -> Response<Body> {
+    text(StatusCode::BAD_GATEWAY, err.to_string())
+}
+
+/// 401 with a `WWW-Authenticate` challenge (RFC 6750 section 3).
+pub fn unauthorized(message: impl Into<String>) -> Response<Body> {
+    let mut resp = text(StatusCode::UNAUTHORIZED, message);
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"space gateway\""));
+    resp
+}

@@ -1,0 +1,120 @@
+//! Which spaces have a live link. A single gateway keeps this in memory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use agent_link::proto::{ControlMessage, Service};
+use agent_link::transport::Link;
+use tokio::sync::mpsc;
+
+/// A space as users name it: its owner and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpaceKey {
+    /// The owner's user name.
+    pub user: String,
+    /// The space's name.
+    pub space: String,
+}
+
+impl fmt::Display for SpaceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}--{}", self.user, self.space)
+    }
+}
+
+/// Identifies one registration of one link, so that a stale link's cleanup cannot
+/// remove the link that replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A live link and what its space offers.
+#[derive(Debug)]
+pub struct Entry {
+    /// This registration.
+    pub session: SessionId,
+    /// The space's id from the agent token.
+    pub space_id: String,
+    /// The link.
+    pub link: Link,
+    /// The services declared in `Hello` or the last `ServicesUpdate`.
+    pub services: RwLock<Vec<Service>>,
+    /// Messages for the link's control stream (for example `GoAway`).
+    pub control: mpsc::Sender<ControlMessage>,
+    /// When the link registered.
+    pub since: SystemTime,
+}
+
+impl Entry {
+    /// The service on `port`, if the space offers it.
+    pub fn service(&self, port: u16) -> Option<Service> {
+        self.services.read().expect("services lock poisoned").iter().find(|s| s.port == port).cloned()
+    }
+
+    /// The first service of `kind`.
+    pub fn service_of_kind(&self, kind: agent_link::proto::ServiceKind) -> Option<Service> {
+        self.services.read().expect("services lock poisoned").iter().find(|s| s.kind == kind).cloned()
+    }
+}
+
+/// The live spaces.
+#[derive(Debug, Default)]
+pub struct Registry {
+    spaces: RwLock<HashMap<SpaceKey, Arc<Entry>>>,
+    next_session: AtomicU64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self { spaces: RwLock::default(), next_session: AtomicU64::new(1) }
+    }
+
+    /// A fresh session id.
+    pub fn next_session(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers `entry` for `key`, returning the entry it replaced, if any.
+    pub fn insert(&self, key: SpaceKey, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+        self.spaces.write().expect("registry lock poisoned").insert(key, entry)
+    }
+
+    /// Removes `key` only if it is still registered by `session`.
+    pub fn remove(&self, key: &SpaceKey, session: SessionId) -> bool {
+        let mut spaces = self.spaces.write().expect("registry lock poisoned");
+        if spaces.get(key).is_some_and(|e| e.session == session) {
+            spaces.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// The live link of `key`.
+    pub fn get(&self, key: &SpaceKey) -> Option<Arc<Entry>> {
+        self.spaces.read().expect("registry lock poisoned").get(key).cloned()
+    }
+
+    /// How many spaces are linked.
+    pub fn len(&self) -> usize {
+        self.spaces.read().expect("registry lock poisoned").len()
+    }
+
+    /// Whether no space is linked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every live entry, for listings and draining.
+    pub fn snapshot(&self) -> Vec<(SpaceKey, Arc<Entry>)> {
+        self.spaces.read().expect("registry lock poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}

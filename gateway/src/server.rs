@@ -1,0 +1,140 @@
+//! Starting a gateway: keys, certificates, listeners, and the banner that tells a new
+//! user what to do next.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agent_link::transport::quic::{server_endpoint, LinkTuning};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::agents::AgentListener;
+use crate::auth::Verifier;
+use crate::certs::{ensure_dev_cert, Identity};
+use crate::config::Config;
+use crate::front::{self, Front};
+use crate::keys::{SigningKey, VerifyingKey};
+use crate::registry::Registry;
+
+/// The private key file in a data directory.
+pub fn signing_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("signing-key.pem")
+}
+
+/// The public key file in a data directory.
+pub fn verifying_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("verify-key.pem")
+}
+
+/// Runs a gateway until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+
+    // 1. Keys and certificates: configured, or generated once in the data directory.
+    let verifying = verifying_key(&config)?;
+    let (cert, key) = match (&config.public.cert, &config.public.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => ensure_dev_cert(&config.data_dir, &config.public.domain)?,
+    };
+    let identity = Identity::load(&cert, &key)?;
+    let registry = Arc::new(Registry::new());
+    let verifier = Verifier::new(&verifying);
+
+    // 2. Listeners, bound before anything is announced so that a port in use fails
+    //    the start instead of a later connection.
+    let endpoint = server_endpoint(config.agents.listen, identity.agent_listener()?, &LinkTuning::gateway())
+        .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
+    let public = TcpListener::bind(config.public.listen)
+        .await
+        .with_context(|| format!("cannot listen on tcp/{}", config.public.listen))?;
+    let plain = match config.public.plain_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on tcp/{addr}"))?),
+        None => None,
+    };
+
+    // 3. Serve.
+    let agents = Arc::new(AgentListener {
+        registry: registry.clone(),
+        verifier: verifier.clone(),
+        ping_interval: config.agents.ping_interval(),
+        hello_timeout: config.agents.hello_timeout(),
+    });
+    let front = Arc::new(Front {
+        registry: registry.clone(),
+        verifier,
+        domain: config.public.domain.to_ascii_lowercase(),
+        allow_public_ports: config.auth.allow_public_ports,
+        max_head_bytes: config.public.max_head_bytes,
+        head_timeout: std::time::Duration::from_secs(config.public.head_timeout_secs.max(1)),
+    });
+    tokio::spawn(agents.serve_quic(endpoint.clone()));
+    tokio::spawn(front::serve_tls(public, identity.front_door()?, front.clone()));
+    if let Some(plain) = plain {
+        tokio::spawn(front::serve_plain(plain, front));
+    }
+    info!(agents = %config.agents.listen, public = %config.public.listen, "gateway listening");
+    print_banner(&config, &identity, &cert);
+
+    shutdown_signal().await;
+    info!(spaces = registry.len(), "shutting down");
+    for (_, entry) in registry.snapshot() {
+        let _ = entry.control.try_send(agent_link::proto::ControlMessage::GoAway { reason: "gateway shutting down".into() });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    endpoint.close(0u32.into(), b"gateway shutting down");
+    Ok(())
+}
+
+fn verifying_key(config: &Config) -> anyhow::Result<VerifyingKey> {
+    if let Some(path) = &config.auth.public_key {
+        return Ok(VerifyingKey::load(path)?);
+    }
+    let (private, public) = (signing_key_path(&config.data_dir), verifying_key_path(&config.data_dir));
+    if !private.exists() {
+        let key = SigningKey::generate()?;
+        key.save(&private)?;
+        key.save_public(&public)?;
+        info!(path = %private.display(), "generated a development key pair");
+    }
+    Ok(SigningKey::load(&private)?.verifying_key())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail in a running process");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_banner(config: &Config, identity: &Identity, cert: &Path) {
+    let domain = &config.public.domain;
+    let port = config.public.listen.port();
+    let data = config.data_dir.display();
+    println!(
+        "space gateway {version} is running\n\
+         \n  agents link to    {agents} (QUIC)\
+         \n  users connect to  https://{domain}:{port}  (spaces: https://USER--SPACE--PORT.{domain}:{port})\
+         \n  certificate       {cert}\
+         \n  fingerprint       {fp}\
+         \n  data directory    {data}\
+         \n\nStart an agent for user alice, space demo, offering SSH on port 22 and HTTP on 8080:\
+         \n\n  KNOT_AGENT_ENDPOINT={agents} \\\
+         \n  KNOT_AGENT_GATEWAY_FINGERPRINT={fp} \\\
+         \n  KNOT_AGENT_TOKEN=$(gateway --data-dir {data} token agent --user alice --space demo) \\\
+         \n  KNOT_SSH_PORT=22 KNOT_HTTP_PORT=8080 agent-link\
+         \n\nThen reach it:\
+         \n\n  export GATEWAY_TOKEN=$(gateway --data-dir {data} token user --user alice --space 'alice--*')\
+         \n  curl --cacert {cert} -H \"Authorization: Bearer $GATEWAY_TOKEN\" https://alice--demo--8080.{domain}:{port}/\
+         \n  ssh -o ProxyCommand='gateway --data-dir {data} connect --server https://{domain}:{port} alice/demo' $USER@demo\n",
+        version = env!("CARGO_PKG_VERSION"),
+        agents = config.agents.listen,
+        cert = cert.display(),
+        fp = identity.fingerprint(),
+    );
+}
