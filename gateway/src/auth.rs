@@ -142,7 +142,9 @@ impl Verifier {
 
     /// Checks a user token and returns its claims.
     pub fn user(&self, token: &str) -> Result<UserClaims, TokenError> {
-        self.check(token, USER_AUDIENCE, &["aud", "sub", "exp"])
+        // `exp` is required too, by `UserClaims` itself: checking it here would report an
+        // agent token (which may lack `exp`) as malformed instead of as the wrong audience.
+        self.check(token, USER_AUDIENCE, &["aud", "sub"])
     }
 
     fn check<C: serde::de::DeserializeOwned>(
@@ -158,12 +160,15 @@ impl Verifier {
         v.set_required_spec_claims(required);
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
-        jsonwebtoken::decode::<C>(token, &self.key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+        // Signature, audience and times are checked on the raw claims first, so that a
+        // token for the wrong audience is reported as such rather than as missing fields.
+        let raw = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &v).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => TokenError::Expired,
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidAudience => TokenError::WrongAudience { expected: audience },
             _ => TokenError::Invalid(e.to_string()),
-        })
+        })?;
+        serde_json::from_value(raw.claims).map_err(|e| TokenError::Invalid(format!("claims: {e}")))
     }
 }
 

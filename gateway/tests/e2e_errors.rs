@@ -1,0 +1,153 @@
+//! Bad cases, answered as the design says, and garbage that must not hurt anyone.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use support::servers::{Nginx, TempDir};
+use support::{get, Agent, Gateway};
+
+fn page_server() -> (TempDir, Nginx) {
+    let root = TempDir::new("test-www");
+    std::fs::write(root.path().join("index.html"), "ok\n").unwrap();
+    let nginx = Nginx::start(root.path());
+    (root, nginx)
+}
+
+#[test]
+fn a_space_that_is_not_connected_is_503_with_retry_after() {
+    let gw = Gateway::start();
+    let token = gw.user_token("alice", &["alice--gone"]);
+    let out = support::curl(
+        &gw,
+        &["-i", "-H", &format!("Authorization: Bearer {token}"), &gw.space_url("alice--gone--8080", "/")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 5"), "{text}");
+    assert!(text.contains("not connected"), "{text}");
+}
+
+#[test]
+fn errors_for_ports_tokens_and_spaces() {
+    let (_root, nginx) = page_server();
+    let gw = Gateway::start();
+    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let url = gw.space_url(&format!("alice--web--{}", nginx.port()), "/");
+    let good = gw.user_token("alice", &["alice--web"]);
+
+    let (status, body) = get(&gw, &gw.space_url("alice--web--9", "/"), Some(&good));
+    assert_eq!(status, 404, "port not offered: {body}");
+    assert!(body.contains("port 9 is not offered"), "{body}");
+
+    let (status, body) = get(&gw, &url, None);
+    assert_eq!(status, 401, "no token: {body}");
+
+    let (status, _) = get(&gw, &url, Some("not.a.token"));
+    assert_eq!(status, 401, "garbage token");
+
+    let other = gw.user_token("bob", &["bob--web"]);
+    let (status, body) = get(&gw, &url, Some(&other));
+    assert_eq!(status, 403, "token for another space: {body}");
+
+    let ssh_only = gw.user_token_for("alice", "alice--web", "ssh");
+    let (status, _) = get(&gw, &url, Some(&ssh_only));
+    assert_eq!(status, 403, "token without the http service");
+
+    let agent_token = gw.agent_token("alice", "web");
+    let (status, _) = get(&gw, &url, Some(&agent_token));
+    assert_eq!(status, 401, "an agent token is not a user token");
+
+    let (status, body) = get(&gw, &gw.space_url("nonsense", "/"), Some(&good));
+    assert_eq!(status, 404, "unknown host form: {body}");
+
+    let (status, body) = get(&gw, &url, Some(&good));
+    assert_eq!((status, body.as_str()), (200, "ok\n"), "the good request still works");
+}
+
+#[test]
+fn a_port_offered_but_not_listening_is_502_with_the_reason() {
+    let gw = Gateway::start();
+    let dead = support::servers::free_port();
+    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", dead.to_string())]);
+    let token = gw.user_token("alice", &["alice--web"]);
+    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{dead}"), "/"), Some(&token));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("nothing is listening"), "{body}");
+}
+
+#[test]
+fn an_agent_token_signed_by_another_key_is_rejected_at_registration() {
+    let gw = Gateway::start();
+    let stranger = Gateway::start();
+    let forged = stranger.agent_token("alice", "web");
+    let (_root, nginx) = page_server();
+    let mut agent = Agent::spawn(&gw, &forged, &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+
+    let code = agent.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(3), "the agent stops with the rejection; log:\n{}", agent.log());
+    assert!(agent.log().contains("agent token: the token is invalid"), "{}", agent.log());
+    gw.wait_for_log("registration rejected", 1);
+    let token = gw.user_token("alice", &["alice--web"]);
+    let (status, _) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    assert_eq!(status, 503, "the space was not registered");
+}
+
+#[test]
+fn garbage_on_the_public_port_does_not_stop_the_next_good_request() {
+    let (_root, nginx) = page_server();
+    let mut gw = Gateway::start();
+    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+
+    // Not TLS at all.
+    let mut raw = TcpStream::connect(("127.0.0.1", gw.public_port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"\x16\x03\x01\xff\xffgarbage\r\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+
+    // TLS, then bytes that are not HTTP: the gateway answers 400.
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{}", gw.public_port)])
+        .args(["-servername", "gateway.localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"\x00\x01\x02 not http at all\r\n\r\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    assert!(gw.is_running());
+    let token = gw.user_token("alice", &["alice--web"]);
+    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn garbage_on_the_agent_port_does_not_stop_the_next_agent() {
+    let (_root, nginx) = page_server();
+    let mut gw = Gateway::start();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for size in [1, 20, 1200, 1500, 9000] {
+        let junk: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        udp.send_to(&junk, ("127.0.0.1", gw.agent_port)).unwrap();
+    }
+    // A QUIC-looking long header with a bogus version and connection ids.
+    let mut fake = vec![0xc0, 0xde, 0xad, 0xbe, 0xef, 8];
+    fake.extend_from_slice(&[1; 8]);
+    fake.extend_from_slice(&[8; 1200]);
+    udp.send_to(&fake, ("127.0.0.1", gw.agent_port)).unwrap();
+
+    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    assert!(gw.is_running());
+    let token = gw.user_token("alice", &["alice--web"]);
+    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}

@@ -1,0 +1,109 @@
+//! HTTP through `USER--SPACE--PORT.DOMAIN` to a real nginx in the space, with curl.
+
+mod support;
+
+use support::servers::{sha256_file, write_random_file, Nginx, TempDir};
+use support::{curl, get, Agent, Gateway};
+
+struct Setup {
+    gw: Gateway,
+    _agent: Agent,
+    _nginx: Nginx,
+    root: TempDir,
+    port: u16,
+}
+
+fn setup() -> Setup {
+    let root = TempDir::new("test-www");
+    std::fs::write(root.path().join("index.html"), "<h1>hello from the space</h1>\n").unwrap();
+    let nginx = Nginx::start(root.path());
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let port = nginx.port();
+    Setup { gw, _agent: agent, _nginx: nginx, root, port }
+}
+
+#[test]
+fn curl_gets_the_page_that_nginx_serves() {
+    let s = setup();
+    let token = s.gw.user_token("alice", &["alice--web"]);
+    let (status, body) = get(&s.gw, &s.gw.space_url(&format!("alice--web--{}", s.port), "/"), Some(&token));
+    assert_eq!(status, 200, "{body}\n{}", s.gw.log());
+    assert_eq!(body, "<h1>hello from the space</h1>\n");
+}
+
+#[test]
+fn a_256_mib_download_arrives_with_the_same_sha256() {
+    let s = setup();
+    let file = s.root.path().join("big.bin");
+    write_random_file(&file, 256 << 20);
+    let out_dir = TempDir::new("test-download");
+    let out = out_dir.path().join("big.bin");
+    let token = s.gw.user_token("alice", &["alice--web"]);
+    let result = curl(
+        &s.gw,
+        &[
+            "--fail",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-o",
+            out.to_str().unwrap(),
+            &s.gw.space_url(&format!("alice--web--{}", s.port), "/big.bin"),
+        ],
+    );
+    assert!(result.status.success(), "curl: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 256 << 20);
+    assert_eq!(sha256_file(&out), sha256_file(&file));
+}
+
+#[test]
+fn three_requests_on_one_keep_alive_connection_all_succeed() {
+    let s = setup();
+    let token = s.gw.user_token("alice", &["alice--web"]);
+    let url = s.gw.space_url(&format!("alice--web--{}", s.port), "/index.html");
+    // One curl invocation with three URLs reuses its connection; num_connects says
+    // how many new connections each transfer needed.
+    let result = curl(
+        &s.gw,
+        &[
+            "--fail",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--write-out",
+            "%{http_code}:%{num_connects}\n",
+            "-o",
+            "/dev/null",
+            &url,
+            "-o",
+            "/dev/null",
+            &url,
+            "-o",
+            "/dev/null",
+            &url,
+        ],
+    );
+    assert!(result.status.success(), "curl: {}", String::from_utf8_lossy(&result.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&result.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines, ["200:1", "200:0", "200:0"], "every request succeeds and only the first connects");
+}
+
+#[test]
+fn a_public_port_needs_no_token_and_a_private_one_does() {
+    let root = TempDir::new("test-www");
+    std::fs::write(root.path().join("index.html"), "public page\n").unwrap();
+    let (public, private) = (Nginx::start(root.path()), Nginx::start(root.path()));
+    let gw = Gateway::start();
+    let _agent = Agent::start(
+        &gw,
+        "alice",
+        "web",
+        &[
+            ("KNOT_HTTP_PORT", format!("{},{}", public.port(), private.port())),
+            ("KNOT_PUBLIC_HTTP_PORT", public.port().to_string()),
+        ],
+    );
+    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", public.port()), "/"), None);
+    assert_eq!((status, body.as_str()), (200, "public page\n"));
+    let (status, _) = get(&gw, &gw.space_url(&format!("alice--web--{}", private.port()), "/"), None);
+    assert_eq!(status, 401);
+}

@@ -1,0 +1,81 @@
+//! OpenSSH through the gateway: `ssh` with `ProxyCommand gateway connect` into a real
+//! sshd in the space.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use support::servers::{sha256_file, write_random_file, Sshd, TempDir};
+use support::{Agent, Gateway};
+
+struct Setup {
+    gw: Gateway,
+    sshd: Sshd,
+    _agent: Agent,
+    token: String,
+}
+
+fn setup() -> Setup {
+    let sshd = Sshd::start();
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw, "alice", "dev", &[("KNOT_SSH_PORT", sshd.port().to_string())]);
+    let token = gw.user_token_for("alice", "alice--dev", "ssh");
+    Setup { gw, sshd, _agent: agent, token }
+}
+
+impl Setup {
+    /// `ssh` or `scp` with the test key and the gateway as ProxyCommand. The host name
+    /// is only a label: the ProxyCommand decides where the bytes go.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(self.sshd.ssh_base_args())
+            .arg("-o")
+            .arg(format!("ProxyCommand={}", self.gw.proxy_command("alice/dev", &self.token)));
+        cmd
+    }
+
+    fn ssh(&self, remote: &str, stdin: Stdio) -> Output {
+        self.command("ssh")
+            .arg(format!("{}@space", self.sshd.user()))
+            .arg(remote)
+            .stdin(stdin)
+            .output()
+            .expect("ssh is installed by scripts/install-test-deps.sh")
+    }
+}
+
+#[test]
+fn ssh_runs_a_command_and_returns_its_output() {
+    let s = setup();
+    let out = s.ssh("echo hello from $((40 + 2))", Stdio::null());
+    assert!(out.status.success(), "ssh: {}\ngateway:\n{}", String::from_utf8_lossy(&out.stderr), s.gw.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from 42\n");
+}
+
+#[test]
+fn scp_of_a_64_mib_file_arrives_with_the_same_sha256() {
+    let s = setup();
+    let dir = TempDir::new("test-scp");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    write_random_file(&src, 64 << 20);
+    let out = s
+        .command("scp")
+        .arg(&src)
+        .arg(format!("{}@space:{}", s.sshd.user(), dst.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scp: {}\ngateway:\n{}", String::from_utf8_lossy(&out.stderr), s.gw.log());
+    assert_eq!(sha256_file(&dst), sha256_file(&src));
+}
+
+#[test]
+fn ssh_cat_stores_the_whole_file_when_the_client_half_closes_first() {
+    let s = setup();
+    let dir = TempDir::new("test-cat");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    write_random_file(&src, 8 << 20);
+    let stdin = std::fs::File::open(&src).unwrap();
+    let out = s.ssh(&format!("cat > {}", dst.display()), Stdio::from(stdin));
+    assert!(out.status.success(), "ssh: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sha256_file(&dst), sha256_file(&src));
+}

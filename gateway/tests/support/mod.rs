@@ -1,0 +1,258 @@
+//! What the end-to-end tests share: real servers (`servers`), and the gateway and
+//! agent binaries started as processes exactly as a user starts them.
+
+#![allow(dead_code)]
+
+pub mod servers;
+pub mod ws;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use servers::{free_port, TempDir};
+
+/// How long a process may take to come up on a loaded two-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `gateway` binary under test.
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
+}
+
+/// The `agent-link` binary, built beside `gateway` by the same workspace build.
+pub fn agent_bin() -> PathBuf {
+    let path = gateway_bin().with_file_name("agent-link");
+    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --workspace)", path.display());
+    path
+}
+
+/// A running gateway with its own data directory and ports.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    dir: TempDir,
+    pub agent_port: u16,
+    pub public_port: u16,
+    pub fingerprint: String,
+}
+
+impl Gateway {
+    /// Starts `gateway run` on fresh loopback ports with extra flags.
+    pub fn start_with(extra: &[&str]) -> Gateway {
+        let dir = TempDir::new("test-gateway");
+        let (agent_port, public_port) = (free_port(), free_port());
+        let child = Command::new(gateway_bin())
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .arg("run")
+            .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
+            .args(["--public-listen", &format!("127.0.0.1:{public_port}")])
+            .args(extra)
+            .env("RUST_LOG", "info,gateway=debug")
+            .stdout(fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start gateway");
+        let mut gw = Gateway { child, dir, agent_port, public_port, fingerprint: String::new() };
+        let banner = gw.wait_for_file("stdout.log", "fingerprint", 1);
+        gw.fingerprint = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("fingerprint"))
+            .expect("fingerprint line")
+            .trim()
+            .to_owned();
+        gw
+    }
+
+    /// Starts a gateway with defaults.
+    pub fn start() -> Gateway {
+        Self::start_with(&[])
+    }
+
+    /// The data directory (keys, certificate).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The development certificate, for `curl --cacert`.
+    pub fn cacert(&self) -> PathBuf {
+        self.dir.path().join("gateway.localhost.crt.pem")
+    }
+
+    /// `https://gateway.localhost:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://gateway.localhost:{}", self.public_port)
+    }
+
+    /// `https://HOST_LABEL.gateway.localhost:PORT`.
+    pub fn space_url(&self, label: &str, path: &str) -> String {
+        format!("https://{label}.gateway.localhost:{}{path}", self.public_port)
+    }
+
+    /// Runs the gateway binary's tools against this data directory.
+    pub fn tool(&self, args: &[&str]) -> Output {
+        Command::new(gateway_bin())
+            .args(["--data-dir", self.dir.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("run gateway tool")
+    }
+
+    fn tool_stdout(&self, args: &[&str]) -> String {
+        let out = self.tool(args);
+        assert!(out.status.success(), "gateway {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// An agent token for USER--SPACE.
+    pub fn agent_token(&self, user: &str, space: &str) -> String {
+        self.tool_stdout(&["token", "agent", "--user", user, "--space", space])
+    }
+
+    /// A user token for `spaces` (patterns) and all services.
+    pub fn user_token(&self, user: &str, spaces: &[&str]) -> String {
+        let mut args = vec!["token", "user", "--user", user];
+        for s in spaces {
+            args.extend(["--space", s]);
+        }
+        self.tool_stdout(&args)
+    }
+
+    /// A user token with explicit services.
+    pub fn user_token_for(&self, user: &str, space: &str, services: &str) -> String {
+        self.tool_stdout(&["token", "user", "--user", user, "--space", space, "--service", services])
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits until `needle` has appeared `count` times in the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        self.wait_for_file("stderr.log", needle, count)
+    }
+
+    fn wait_for_file(&self, file: &str, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+            if text.matches(needle).count() >= count {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "gateway never logged {needle:?} ({count}x); log:\n{}", self.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A `ProxyCommand` for OpenSSH that reaches USER/SPACE through this gateway.
+    pub fn proxy_command(&self, target: &str, token: &str) -> String {
+        format!(
+            "{} --data-dir {} connect --server {} --token {token} {target}",
+            gateway_bin().display(),
+            self.dir.path().display(),
+            self.url()
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `agent-link`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Agent {
+    /// Starts an agent for USER--SPACE with its services given as `KNOT_*` variables,
+    /// and waits until the gateway has registered it.
+    pub fn start(gw: &Gateway, user: &str, space: &str, env: &[(&str, String)]) -> Agent {
+        let before = gw.log().matches(&registered(user, space)).count();
+        let agent = Self::spawn(gw, &gw.agent_token(user, space), env);
+        gw.wait_for_log(&registered(user, space), before + 1);
+        agent
+    }
+
+    /// Starts an agent with an arbitrary token and does not wait for anything.
+    pub fn spawn(gw: &Gateway, token: &str, env: &[(&str, String)]) -> Agent {
+        let dir = TempDir::new("test-agent");
+        let child = Command::new(agent_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,agent_link=debug")
+            .env("KNOT_AGENT_ENDPOINT", format!("127.0.0.1:{}", gw.agent_port))
+            .env("KNOT_AGENT_GATEWAY_FINGERPRINT", &gw.fingerprint)
+            .env("KNOT_AGENT_TOKEN", token)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start agent-link");
+        Agent { child, dir }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway's log line fragment for a registration of USER--SPACE.
+pub fn registered(user: &str, space: &str) -> String {
+    format!("space registered space={user}--{space} ")
+}
+
+/// Runs `curl` with the gateway's CA and returns its output.
+pub fn curl(gw: &Gateway, args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--cacert", gw.cacert().to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/install-test-deps.sh")
+}
+
+/// The status code `curl` got for a GET of `url` with optional bearer `token`, and the body.
+pub fn get(gw: &Gateway, url: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["--write-out", "\n%{http_code}", url];
+    if let Some(h) = &auth {
+        args.extend(["-H", h]);
+    }
+    let out = curl(gw, &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
