@@ -21,6 +21,7 @@ declare -A NEEDED=(
     [nft]=nftables
     [ip]=iproute2
     [python3]=python3
+    [openssl]=openssl
 )
 
 missing=()

@@ -65,7 +65,11 @@ pub struct ControlReader<R> {
 impl<R: AsyncRead + Unpin> ControlReader<R> {
     /// Wraps the receiving half of a control stream.
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(4096), decoder: FrameDecoder::new() }
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+            decoder: FrameDecoder::new(),
+        }
     }
 
     /// The next message, or `None` when the peer finished the stream between messages.
@@ -75,7 +79,11 @@ impl<R: AsyncRead + Unpin> ControlReader<R> {
                 return Ok(Some(ControlMessage::decode(&body)?));
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
             }
         }
     }
@@ -87,12 +95,20 @@ impl<R: AsyncRead + Unpin> ControlReader<R> {
     ) -> Result<Option<ControlMessage>, ReadError> {
         tokio::time::timeout(limit, self.next())
             .await
-            .map_err(|_| ReadError::Io(io::Error::new(io::ErrorKind::TimedOut, "no message in time")))?
+            .map_err(|_| {
+                ReadError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no message in time",
+                ))
+            })?
     }
 }
 
 /// Encodes one control message and sends it.
-pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage) -> io::Result<()> {
+pub async fn send_control<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &ControlMessage,
+) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(128);
     msg.encode(&mut buf);
     write_frames(w, &buf).await
@@ -134,7 +150,10 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         a.write_all(&[0, 0, 0, 10, 0x10]).await.unwrap();
         drop(a);
-        assert!(matches!(read_frame(&mut b).await, Err(ReadError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(ReadError::Truncated)
+        ));
     }
 
     #[tokio::test]
@@ -142,6 +161,9 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let err = read_frame(&mut b).await.unwrap_err();
-        assert!(matches!(err, ReadError::Decode(DecodeError::FrameTooLarge(_))), "{err}");
+        assert!(
+            matches!(err, ReadError::Decode(DecodeError::FrameTooLarge(_))),
+            "{err}"
+        );
     }
 }

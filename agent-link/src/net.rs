@@ -23,9 +23,19 @@ mod tests {
 
     #[tokio::test]
     async fn localhost_names_are_loopback() {
-        for host in ["localhost", "gateway.localhost", "A--B--80.Gateway.Localhost"] {
-            assert_eq!(resolve(host, 8443).await.unwrap(), "127.0.0.1:8443".parse().unwrap());
+        for host in [
+            "localhost",
+            "gateway.localhost",
+            "A--B--80.Gateway.Localhost",
+        ] {
+            assert_eq!(
+                resolve(host, 8443).await.unwrap(),
+                "127.0.0.1:8443".parse().unwrap()
+            );
         }
-        assert_eq!(resolve("127.0.0.2", 1).await.unwrap(), "127.0.0.2:1".parse().unwrap());
+        assert_eq!(
+            resolve("127.0.0.2", 1).await.unwrap(),
+            "127.0.0.2:1".parse().unwrap()
+        );
     }
 }

@@ -28,10 +28,12 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Whom the agent trusts as its gateway.
@@ -86,7 +88,10 @@ impl Trust {
                 .with_no_client_auth(),
             Self::Fingerprint(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCert { pin: *pin, provider: provider() }))
+                .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                    pin: *pin,
+                    provider: provider(),
+                }))
                 .with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -95,7 +100,10 @@ impl Trust {
 }
 
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TrustError> {
-    let err = |reason: String| TrustError::CaFile { path: path.to_owned(), reason };
+    let err = |reason: String| TrustError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -145,7 +153,9 @@ impl ServerCertVerifier for PinnedCert {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
         // The configuration allows TLS 1.3 only, so a TLS 1.2 handshake cannot get here.
-        Err(TlsError::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -154,11 +164,18 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -171,7 +188,9 @@ mod tests {
         let hexed = "ab".repeat(32);
         let coloned = vec!["ab"; 32].join(":");
         for text in [hexed.as_str(), coloned.as_str()] {
-            assert!(matches!(Trust::fingerprint(text), Ok(Trust::Fingerprint(p)) if p == [0xab; 32]));
+            assert!(
+                matches!(Trust::fingerprint(text), Ok(Trust::Fingerprint(p)) if p == [0xab; 32])
+            );
         }
         assert!(Trust::fingerprint("abc").is_err());
         assert!(Trust::fingerprint(&"zz".repeat(32)).is_err());

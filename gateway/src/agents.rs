@@ -48,7 +48,8 @@ impl AgentListener {
     pub async fn serve_quic(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
             let this = self.clone();
-            let span = info_span!("link", agent.addr = %incoming.remote_address(), transport = "quic");
+            let span =
+                info_span!("link", agent.addr = %incoming.remote_address(), transport = "quic");
             tokio::spawn(
                 async move {
                     match incoming.await {
@@ -77,12 +78,18 @@ impl AgentListener {
     async fn register(&self, link: &Link) -> Result<(), LinkEnd> {
         // 1. The agent's first stream is the control stream; its first message is Hello.
         let stream = tokio::time::timeout(self.hello_timeout, link.accept()).await;
-        let Ok(Some(stream)) = stream else { return Err(LinkEnd::NoControlStream) };
+        let Ok(Some(stream)) = stream else {
+            return Err(LinkEnd::NoControlStream);
+        };
         let (mut send, recv) = (stream.send, stream.recv);
         let mut control = ControlReader::new(recv);
         let hello = match control.next_within(self.hello_timeout).await {
             Ok(Some(msg)) => msg,
-            Ok(None) => return Err(LinkEnd::Protocol("control stream ended before Hello".into())),
+            Ok(None) => {
+                return Err(LinkEnd::Protocol(
+                    "control stream ended before Hello".into(),
+                ))
+            }
             Err(e) => {
                 let message = format!("expected Hello: {e}");
                 reject(&mut send, RejectReason::Protocol, &message).await;
@@ -100,7 +107,10 @@ impl AgentListener {
         };
 
         // 3. Register, replacing any older link of the same space.
-        let key = SpaceKey { user: claims.usr.clone(), space: claims.spc.clone() };
+        let key = SpaceKey {
+            user: claims.usr.clone(),
+            space: claims.spc.clone(),
+        };
         let session = self.registry.next_session();
         let (control_tx, control_rx) = mpsc::channel(8);
         let entry = Arc::new(Entry {
@@ -114,18 +124,27 @@ impl AgentListener {
         let welcome = ControlMessage::Welcome {
             version: PROTOCOL_VERSION,
             session: session.0,
-            ping_interval_ms: self.ping_interval.as_millis().try_into().unwrap_or(u32::MAX),
+            ping_interval_ms: self
+                .ping_interval
+                .as_millis()
+                .try_into()
+                .unwrap_or(u32::MAX),
         };
         send_control(&mut send, &welcome).await?;
         if let Some(old) = self.registry.insert(key.clone(), entry.clone()) {
             info!(space = %key, old_session = %old.session, new_session = %session, "link replaced by a newer one");
-            let _ = old.control.try_send(ControlMessage::GoAway { reason: "replaced by a newer link".into() });
+            let _ = old.control.try_send(ControlMessage::GoAway {
+                reason: "replaced by a newer link".into(),
+            });
         }
         info!(space = %key, space_id = %claims.sub, %session, transport = link.kind().as_str(), "space registered");
 
         // 4. The control loop, then cleanup unless a newer link already took over.
         let span = info_span!("space", space = %key, %session);
-        let end = self.control_loop(&entry, send, control, control_rx).instrument(span).await;
+        let end = self
+            .control_loop(&entry, send, control, control_rx)
+            .instrument(span)
+            .await;
         if self.registry.remove(&key, session) {
             info!(space = %key, %session, reason = %end.as_ref().err().map_or("closed".to_owned(), |e| e.to_string()), "space unregistered");
         }
@@ -133,9 +152,21 @@ impl AgentListener {
         Ok(())
     }
 
-    fn check_hello(&self, hello: ControlMessage) -> Result<(AgentClaims, Vec<Service>), (RejectReason, String)> {
-        let ControlMessage::Hello { version, token, services, agent_version } = hello else {
-            return Err((RejectReason::Protocol, "the first message must be Hello".into()));
+    fn check_hello(
+        &self,
+        hello: ControlMessage,
+    ) -> Result<(AgentClaims, Vec<Service>), (RejectReason, String)> {
+        let ControlMessage::Hello {
+            version,
+            token,
+            services,
+            agent_version,
+        } = hello
+        else {
+            return Err((
+                RejectReason::Protocol,
+                "the first message must be Hello".into(),
+            ));
         };
         if version != PROTOCOL_VERSION {
             return Err((
@@ -144,7 +175,9 @@ impl AgentListener {
             ));
         }
         let claims = self.verifier.agent(&token).map_err(|e| match e {
-            TokenError::Expired | TokenError::NotYetValid => (RejectReason::ExpiredToken, format!("agent token: {e}")),
+            TokenError::Expired | TokenError::NotYetValid => {
+                (RejectReason::ExpiredToken, format!("agent token: {e}"))
+            }
             other => (RejectReason::BadToken, format!("agent token: {other}")),
         })?;
         debug!(agent_version, services = services.len(), "hello");
@@ -199,7 +232,13 @@ impl AgentListener {
 
 async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     warn!(?reason, %message, "registration rejected");
-    let _ = send_control(send, &ControlMessage::Reject { reason, message: message.to_owned() }).await;
+    let _ = send_control(
+        send,
+        &ControlMessage::Reject {
+            reason,
+            message: message.to_owned(),
+        },
+    )
+    .await;
     let _ = tokio::io::AsyncWriteExt::shutdown(send).await;
 }
-

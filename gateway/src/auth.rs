@@ -93,7 +93,9 @@ fn space_matches(pattern: &str, space: &SpaceKey) -> bool {
     if pattern == "*" {
         return true;
     }
-    let Some((user, name)) = pattern.split_once("--") else { return false };
+    let Some((user, name)) = pattern.split_once("--") else {
+        return false;
+    };
     user == space.user && (name == "*" || name == space.space)
 }
 
@@ -132,7 +134,9 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier for tokens signed by the private half of `key`.
     pub fn new(key: &VerifyingKey) -> Self {
-        Self { key: DecodingKey::from_ed_der(key.raw()) }
+        Self {
+            key: DecodingKey::from_ed_der(key.raw()),
+        }
     }
 
     /// Checks an agent token and returns its claims.
@@ -162,12 +166,15 @@ impl Verifier {
         v.validate_nbf = true;
         // Signature, audience and times are checked on the raw claims first, so that a
         // token for the wrong audience is reported as such rather than as missing fields.
-        let raw = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &v).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience { expected: audience },
-            _ => TokenError::Invalid(e.to_string()),
-        })?;
+        let raw =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &v).map_err(|e| match e
+                .kind()
+            {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience { expected: audience },
+                _ => TokenError::Invalid(e.to_string()),
+            })?;
         serde_json::from_value(raw.claims).map_err(|e| TokenError::Invalid(format!("claims: {e}")))
     }
 }
@@ -201,7 +208,14 @@ impl Minter {
     /// A user token.
     pub fn user(&self, user: &str, spaces: Vec<String>, svc: Vec<Grant>, ttl: Duration) -> String {
         let iat = now();
-        let claims = UserClaims { aud: USER_AUDIENCE.into(), sub: user.into(), spaces, svc, iat, exp: iat + ttl.as_secs() };
+        let claims = UserClaims {
+            aud: USER_AUDIENCE.into(),
+            sub: user.into(),
+            spaces,
+            svc,
+            iat,
+            exp: iat + ttl.as_secs(),
+        };
         self.sign(&claims)
     }
 
@@ -215,7 +229,10 @@ impl Minter {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -229,7 +246,10 @@ mod tests {
     }
 
     fn space(user: &str, name: &str) -> SpaceKey {
-        SpaceKey { user: user.into(), space: name.into() }
+        SpaceKey {
+            user: user.into(),
+            space: name.into(),
+        }
     }
 
     #[test]
@@ -237,23 +257,40 @@ mod tests {
         let (m, v) = pair();
         let t = m.agent("id1", "alice", "dev", None);
         let c = v.agent(&t).unwrap();
-        assert_eq!((c.usr.as_str(), c.spc.as_str(), c.exp), ("alice", "dev", None));
-        assert_eq!(v.user(&t).unwrap_err(), TokenError::WrongAudience { expected: "user" });
+        assert_eq!(
+            (c.usr.as_str(), c.spc.as_str(), c.exp),
+            ("alice", "dev", None)
+        );
+        assert_eq!(
+            v.user(&t).unwrap_err(),
+            TokenError::WrongAudience { expected: "user" }
+        );
     }
 
     #[test]
     fn user_token_is_not_an_agent_token() {
         let (m, v) = pair();
-        let t = m.user("alice", vec!["alice--dev".into()], vec![Grant::Ssh], Duration::from_secs(60));
+        let t = m.user(
+            "alice",
+            vec!["alice--dev".into()],
+            vec![Grant::Ssh],
+            Duration::from_secs(60),
+        );
         assert!(v.user(&t).is_ok());
-        assert_eq!(v.agent(&t).unwrap_err(), TokenError::WrongAudience { expected: "agent" });
+        assert_eq!(
+            v.agent(&t).unwrap_err(),
+            TokenError::WrongAudience { expected: "agent" }
+        );
     }
 
     #[test]
     fn another_keys_signature_is_invalid() {
         let (m, _) = pair();
         let (_, v) = pair();
-        assert!(matches!(v.agent(&m.agent("id", "a", "b", None)), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            v.agent(&m.agent("id", "a", "b", None)),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub enum CertError {
 impl Identity {
     /// Loads a PEM chain and a PEM private key.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, CertError> {
-        let file_err = |path: &Path, detail: String| CertError::File { path: path.to_owned(), detail };
+        let file_err = |path: &Path, detail: String| CertError::File {
+            path: path.to_owned(),
+            detail,
+        };
         let chain = CertificateDer::pem_file_iter(cert)
             .map_err(|e| file_err(cert, e.to_string()))?
             .collect::<Result<Vec<_>, _>>()
@@ -83,7 +86,10 @@ impl Identity {
 
 /// The paths of the development certificate for `domain` in `data_dir`.
 pub fn dev_paths(data_dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
-    (data_dir.join(format!("{domain}.crt.pem")), data_dir.join(format!("{domain}.key.pem")))
+    (
+        data_dir.join(format!("{domain}.crt.pem")),
+        data_dir.join(format!("{domain}.key.pem")),
+    )
 }
 
 /// Makes a self-signed certificate for `domain`, `*.domain`, localhost and the loopback
@@ -101,10 +107,15 @@ pub fn ensure_dev_cert(data_dir: &Path, domain: &str) -> Result<(PathBuf, PathBu
     }
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(names)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("space gateway development ({domain})"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("space gateway development ({domain})"),
+    );
     let cert = params.self_signed(&key)?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
-        .map_err(|e| CertError::File { path: cert_path.clone(), detail: e.to_string() })?;
+    std::fs::write(&cert_path, cert.pem()).map_err(|e| CertError::File {
+        path: cert_path.clone(),
+        detail: e.to_string(),
+    })?;
     Ok((cert_path, key_path))
 }

@@ -82,7 +82,11 @@ impl Default for Config {
 
 impl Default for AgentsConfig {
     fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 7443).into(), ping_interval_secs: 5, hello_timeout_secs: 10 }
+        Self {
+            listen: ([127, 0, 0, 1], 7443).into(),
+            ping_interval_secs: 5,
+            hello_timeout_secs: 10,
+        }
     }
 }
 
@@ -102,7 +106,10 @@ impl Default for PublicConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { public_key: None, allow_public_ports: true }
+        Self {
+            public_key: None,
+            allow_public_ports: true,
+        }
     }
 }
 
@@ -145,8 +152,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; settings it does not name keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     /// Parses TOML text.
@@ -157,14 +170,24 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let domain = &self.public.domain;
-        if domain.is_empty() || domain.starts_with('.') || domain.contains("--") || domain.contains('/') {
-            return Err(ConfigError::Invalid(format!("public.domain {domain:?} is not a domain name")));
+        if domain.is_empty()
+            || domain.starts_with('.')
+            || domain.contains("--")
+            || domain.contains('/')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "public.domain {domain:?} is not a domain name"
+            )));
         }
         if self.public.cert.is_some() != self.public.key.is_some() {
-            return Err(ConfigError::Invalid("public.cert and public.key go together".into()));
+            return Err(ConfigError::Invalid(
+                "public.cert and public.key go together".into(),
+            ));
         }
         if self.public.max_head_bytes < 8192 {
-            return Err(ConfigError::Invalid("public.max_head_bytes must be at least 8192".into()));
+            return Err(ConfigError::Invalid(
+                "public.max_head_bytes must be at least 8192".into(),
+            ));
         }
         Ok(())
     }

@@ -24,7 +24,11 @@ pub struct ConnectArgs {
     #[arg(long)]
     pub port: Option<u16>,
     /// The gateway's public address.
-    #[arg(long, env = "GATEWAY_URL", default_value = "https://gateway.localhost:8443")]
+    #[arg(
+        long,
+        env = "GATEWAY_URL",
+        default_value = "https://gateway.localhost:8443"
+    )]
     pub server: String,
     /// A user token with access to the space.
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
@@ -40,7 +44,10 @@ pub struct ConnectArgs {
 /// Runs the copy until both directions are done. `data_dir` supplies the development
 /// certificate when neither a CA file nor a fingerprint is given.
 pub async fn run(args: ConnectArgs, data_dir: PathBuf) -> anyhow::Result<()> {
-    let uri: http::Uri = args.server.parse().with_context(|| format!("--server {:?} is not a URL", args.server))?;
+    let uri: http::Uri = args
+        .server
+        .parse()
+        .with_context(|| format!("--server {:?} is not a URL", args.server))?;
     let host = uri.host().context("--server has no host")?.to_owned();
     let tls = match uri.scheme_str() {
         Some("https") => true,
@@ -48,18 +55,29 @@ pub async fn run(args: ConnectArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         other => bail!("--server must start with https:// or http://, not {other:?}"),
     };
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let (user, space) = args.target.split_once('/').context("the target is USER/SPACE")?;
+    let (user, space) = args
+        .target
+        .split_once('/')
+        .context("the target is USER/SPACE")?;
     let path = match args.port {
         Some(p) => format!("/tcp/{user}/{space}/{p}"),
         None => format!("/ssh/{user}/{space}"),
     };
 
-    let mut request = format!("{}://{host}:{port}{path}", if tls { "wss" } else { "ws" }).into_client_request()?;
+    let mut request = format!("{}://{host}:{port}{path}", if tls { "wss" } else { "ws" })
+        .into_client_request()?;
     if let Some(token) = &args.token {
-        request.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
     }
-    let addr = agent_link::net::resolve(&host, port).await.with_context(|| format!("cannot resolve {host}"))?;
-    let tcp = TcpStream::connect(addr).await.with_context(|| format!("cannot reach {host}:{port} ({addr})"))?;
+    let addr = agent_link::net::resolve(&host, port)
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot reach {host}:{port} ({addr})"))?;
     tcp.set_nodelay(true)?;
     if !tls {
         return pump(tcp, request).await;
@@ -95,7 +113,11 @@ where
     let (ws, _) = match tokio_tungstenite::client_async(request, stream).await {
         Ok(ok) => ok,
         Err(WsError::Http(resp)) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             bail!("the gateway answered {}: {}", resp.status(), body.trim());
         }
         Err(e) => return Err(e).context("websocket handshake failed"),
@@ -109,7 +131,8 @@ where
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = stdin.read(&mut buf).await?;
-            sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?;
+            sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                .await?;
             if n == 0 {
                 return anyhow::Ok(());
             }

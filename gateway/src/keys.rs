@@ -12,7 +12,9 @@ use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410 section 4); the 32-byte
 /// key follows it.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// A key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +63,11 @@ pub struct VerifyingKey {
 impl SigningKey {
     /// A new random key.
     pub fn generate() -> Result<Self, KeyError> {
-        let pair = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| KeyError::Generate(e.to_string()))?;
-        Ok(Self { pkcs8: pair.serialize_der() })
+        let pair =
+            KeyPair::generate_for(&PKCS_ED25519).map_err(|e| KeyError::Generate(e.to_string()))?;
+        Ok(Self {
+            pkcs8: pair.serialize_der(),
+        })
     }
 
     /// Reads a PKCS#8 PEM file.
@@ -72,8 +77,15 @@ impl SigningKey {
             what: "private key",
             detail: e.to_string(),
         })?;
-        let key = Self { pkcs8: der.secret_pkcs8_der().to_vec() };
-        key.verifying_key_checked().map_err(|detail| KeyError::Format { path: path.to_owned(), what: "private key", detail })?;
+        let key = Self {
+            pkcs8: der.secret_pkcs8_der().to_vec(),
+        };
+        key.verifying_key_checked()
+            .map_err(|detail| KeyError::Format {
+                path: path.to_owned(),
+                what: "private key",
+                detail,
+            })?;
         Ok(key)
     }
 
@@ -84,14 +96,17 @@ impl SigningKey {
 
     /// The matching public key.
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.verifying_key_checked().expect("a SigningKey always holds a valid Ed25519 key")
+        self.verifying_key_checked()
+            .expect("a SigningKey always holds a valid Ed25519 key")
     }
 
     fn verifying_key_checked(&self) -> Result<VerifyingKey, String> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.pkcs8)
             .map_err(|e| e.to_string())?;
         let raw = ring::signature::KeyPair::public_key(&pair).as_ref();
-        let raw: [u8; 32] = raw.try_into().map_err(|_| "public key is not 32 bytes".to_owned())?;
+        let raw: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| "public key is not 32 bytes".to_owned())?;
         Ok(VerifyingKey { raw })
     }
 
@@ -103,7 +118,10 @@ impl SigningKey {
     /// Writes the public half as PEM.
     pub fn save_public(&self, path: &Path) -> Result<(), KeyError> {
         let pem = self.pair()?.public_key_pem();
-        fs::write(path, pem).map_err(|source| KeyError::Io { path: path.to_owned(), source })
+        fs::write(path, pem).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Writes the key as PEM, readable by its owner only.
@@ -115,8 +133,13 @@ impl SigningKey {
 impl VerifyingKey {
     /// Reads a SubjectPublicKeyInfo PEM file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let format = |detail: String| KeyError::Format { path: path.to_owned(), what: "public key", detail };
-        let spki = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| format(e.to_string()))?;
+        let format = |detail: String| KeyError::Format {
+            path: path.to_owned(),
+            what: "public key",
+            detail,
+        };
+        let spki =
+            SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| format(e.to_string()))?;
         let der = spki.as_ref();
         if der.len() != 44 || der[..12] != ED25519_SPKI_PREFIX {
             return Err(format("the key is not Ed25519".into()));
@@ -136,8 +159,17 @@ impl VerifyingKey {
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| KeyError::Io { path: path.to_owned(), source };
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
     file.write_all(contents).map_err(io)
 }
 
@@ -154,7 +186,10 @@ mod tests {
         key.save_public(&dir.join("v.pem")).unwrap();
         let loaded = SigningKey::load(&dir.join("s.pem")).unwrap();
         assert_eq!(loaded.verifying_key().raw(), key.verifying_key().raw());
-        assert_eq!(VerifyingKey::load(&dir.join("v.pem")).unwrap().raw(), key.verifying_key().raw());
+        assert_eq!(
+            VerifyingKey::load(&dir.join("v.pem")).unwrap().raw(),
+            key.verifying_key().raw()
+        );
         assert!(VerifyingKey::load(&dir.join("s.pem")).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }

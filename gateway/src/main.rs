@@ -14,7 +14,11 @@ use gateway::server::{self, signing_key_path, verifying_key_path};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about = "The space gateway: links spaces' agents and routes users to them")]
+#[command(
+    name = "gateway",
+    version,
+    about = "The space gateway: links spaces' agents and routes users to them"
+)]
 struct Cli {
     /// Where generated keys and certificates are kept.
     #[arg(long, global = true, env = "GATEWAY_DATA_DIR")]
@@ -112,7 +116,9 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -134,7 +140,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => server::run(config(cli.run, data_dir)?).await,
         Some(Command::Run(args)) => server::run(config(args, data_dir)?).await,
-        Some(Command::Keygen { out, force }) => keygen(out.unwrap_or_else(|| data_dir_or_default(data_dir)), force),
+        Some(Command::Keygen { out, force }) => {
+            keygen(out.unwrap_or_else(|| data_dir_or_default(data_dir)), force)
+        }
         Some(Command::Token(cmd)) => token(cmd, data_dir_or_default(data_dir)),
         Some(Command::Connect(args)) => connect::run(args, data_dir_or_default(data_dir)).await,
     }
@@ -175,13 +183,22 @@ fn keygen(out: PathBuf, force: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let (private, public) = (signing_key_path(&out), verifying_key_path(&out));
     if !force && (private.exists() || public.exists()) {
-        anyhow::bail!("{} already holds a key pair; pass --force to replace it", out.display());
+        anyhow::bail!(
+            "{} already holds a key pair; pass --force to replace it",
+            out.display()
+        );
     }
     let key = SigningKey::generate()?;
     key.save(&private)?;
     key.save_public(&public)?;
-    println!("signing key (keep it with the control plane): {}", private.display());
-    println!("verifying key (give it to every gateway):     {}", public.display());
+    println!(
+        "signing key (keep it with the control plane): {}",
+        private.display()
+    );
+    println!(
+        "verifying key (give it to every gateway):     {}",
+        public.display()
+    );
     Ok(())
 }
 
@@ -190,18 +207,41 @@ fn token(cmd: TokenCommand, data_dir: PathBuf) -> anyhow::Result<()> {
     let load = |key: Option<PathBuf>| -> anyhow::Result<Minter> {
         let path = key.unwrap_or_else(|| signing_key_path(&data_dir));
         let key = SigningKey::load(&path).with_context(|| {
-            format!("no signing key; run `gateway keygen` or start the gateway once to make {}", path.display())
+            format!(
+                "no signing key; run `gateway keygen` or start the gateway once to make {}",
+                path.display()
+            )
         })?;
         Ok(Minter::new(key))
     };
     let token = match cmd {
-        TokenCommand::Agent { user, space, space_id, ttl, key } => {
+        TokenCommand::Agent {
+            user,
+            space,
+            space_id,
+            ttl,
+            key,
+        } => {
             let id = space_id.unwrap_or_else(|| format!("{user}--{space}"));
             load(key)?.agent(&id, &user, &space, ttl)
         }
-        TokenCommand::User { user, spaces, service, ttl, key } => {
-            let spaces = if spaces.is_empty() { vec![format!("{user}--*")] } else { spaces };
-            let service = if service.is_empty() { Grant::ALL.to_vec() } else { service };
+        TokenCommand::User {
+            user,
+            spaces,
+            service,
+            ttl,
+            key,
+        } => {
+            let spaces = if spaces.is_empty() {
+                vec![format!("{user}--*")]
+            } else {
+                spaces
+            };
+            let service = if service.is_empty() {
+                Grant::ALL.to_vec()
+            } else {
+                service
+            };
             load(key)?.user(&user, spaces, service, ttl)
         }
     };
@@ -210,12 +250,20 @@ fn token(cmd: TokenCommand, data_dir: PathBuf) -> anyhow::Result<()> {
 }
 
 fn parse_grant(text: &str) -> Result<Grant, String> {
-    Grant::ALL.into_iter().find(|g| g.as_str() == text).ok_or_else(|| format!("{text:?} is not one of ssh, vnc, http, tcp"))
+    Grant::ALL
+        .into_iter()
+        .find(|g| g.as_str() == text)
+        .ok_or_else(|| format!("{text:?} is not one of ssh, vnc, http, tcp"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,

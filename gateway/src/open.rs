@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use agent_link::io::{read_frame, write_frames};
-use agent_link::proto::{ClientAddr, RefuseReason, RequestId, StreamAnswer, StreamClass, StreamOpen};
+use agent_link::proto::{
+    ClientAddr, RefuseReason, RequestId, StreamAnswer, StreamClass, StreamOpen,
+};
 use agent_link::transport::DataStream;
 use bytes::BytesMut;
 
@@ -44,12 +46,24 @@ pub async fn open_stream(
     class: StreamClass,
 ) -> Result<(DataStream, RequestId), OpenError> {
     let request_id = RequestId(fastrand::u64(..));
-    let mut stream = entry.link.open().await.map_err(|e| OpenError::Link(e.to_string()))?;
+    let mut stream = entry
+        .link
+        .open()
+        .await
+        .map_err(|e| OpenError::Link(e.to_string()))?;
     stream.set_class(class);
 
     let mut header = BytesMut::with_capacity(64);
-    StreamOpen { port, client, request_id, class }.encode(&mut header);
-    write_frames(&mut stream.send, &header).await.map_err(|e| OpenError::Link(e.to_string()))?;
+    StreamOpen {
+        port,
+        client,
+        request_id,
+        class,
+    }
+    .encode(&mut header);
+    write_frames(&mut stream.send, &header)
+        .await
+        .map_err(|e| OpenError::Link(e.to_string()))?;
 
     let body = match tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut stream.recv)).await {
         Err(_) => return Err(OpenError::Timeout),

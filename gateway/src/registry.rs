@@ -56,12 +56,22 @@ pub struct Entry {
 impl Entry {
     /// The service on `port`, if the space offers it.
     pub fn service(&self, port: u16) -> Option<Service> {
-        self.services.read().expect("services lock poisoned").iter().find(|s| s.port == port).cloned()
+        self.services
+            .read()
+            .expect("services lock poisoned")
+            .iter()
+            .find(|s| s.port == port)
+            .cloned()
     }
 
     /// The first service of `kind`.
     pub fn service_of_kind(&self, kind: agent_link::proto::ServiceKind) -> Option<Service> {
-        self.services.read().expect("services lock poisoned").iter().find(|s| s.kind == kind).cloned()
+        self.services
+            .read()
+            .expect("services lock poisoned")
+            .iter()
+            .find(|s| s.kind == kind)
+            .cloned()
     }
 }
 
@@ -75,7 +85,10 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
-        Self { spaces: RwLock::default(), next_session: AtomicU64::new(1) }
+        Self {
+            spaces: RwLock::default(),
+            next_session: AtomicU64::new(1),
+        }
     }
 
     /// A fresh session id.
@@ -85,7 +98,10 @@ impl Registry {
 
     /// Registers `entry` for `key`, returning the entry it replaced, if any.
     pub fn insert(&self, key: SpaceKey, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        self.spaces.write().expect("registry lock poisoned").insert(key, entry)
+        self.spaces
+            .write()
+            .expect("registry lock poisoned")
+            .insert(key, entry)
     }
 
     /// Removes `key` only if it is still registered by `session`.
@@ -100,7 +116,11 @@ impl Registry {
 
     /// The live link of `key`.
     pub fn get(&self, key: &SpaceKey) -> Option<Arc<Entry>> {
-        self.spaces.read().expect("registry lock poisoned").get(key).cloned()
+        self.spaces
+            .read()
+            .expect("registry lock poisoned")
+            .get(key)
+            .cloned()
     }
 
     /// How many spaces are linked.
@@ -115,6 +135,11 @@ impl Registry {
 
     /// Every live entry, for listings and draining.
     pub fn snapshot(&self) -> Vec<(SpaceKey, Arc<Entry>)> {
-        self.spaces.read().expect("registry lock poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.spaces
+            .read()
+            .expect("registry lock poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }

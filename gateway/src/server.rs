@@ -45,13 +45,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // 2. Listeners, bound before anything is announced so that a port in use fails
     //    the start instead of a later connection.
-    let endpoint = server_endpoint(config.agents.listen, identity.agent_listener()?, &LinkTuning::gateway())
-        .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
+    let endpoint = server_endpoint(
+        config.agents.listen,
+        identity.agent_listener()?,
+        &LinkTuning::gateway(),
+    )
+    .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
     let public = TcpListener::bind(config.public.listen)
         .await
         .with_context(|| format!("cannot listen on tcp/{}", config.public.listen))?;
     let plain = match config.public.plain_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on tcp/{addr}"))?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on tcp/{addr}"))?,
+        ),
         None => None,
     };
 
@@ -71,7 +79,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         head_timeout: std::time::Duration::from_secs(config.public.head_timeout_secs.max(1)),
     });
     tokio::spawn(agents.serve_quic(endpoint.clone()));
-    tokio::spawn(front::serve_tls(public, identity.front_door()?, front.clone()));
+    tokio::spawn(front::serve_tls(
+        public,
+        identity.front_door()?,
+        front.clone(),
+    ));
     if let Some(plain) = plain {
         tokio::spawn(front::serve_plain(plain, front));
     }
@@ -81,7 +93,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!(spaces = registry.len(), "shutting down");
     for (_, entry) in registry.snapshot() {
-        let _ = entry.control.try_send(agent_link::proto::ControlMessage::GoAway { reason: "gateway shutting down".into() });
+        let _ = entry
+            .control
+            .try_send(agent_link::proto::ControlMessage::GoAway {
+                reason: "gateway shutting down".into(),
+            });
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     endpoint.close(0u32.into(), b"gateway shutting down");
@@ -92,7 +108,10 @@ fn verifying_key(config: &Config) -> anyhow::Result<VerifyingKey> {
     if let Some(path) = &config.auth.public_key {
         return Ok(VerifyingKey::load(path)?);
     }
-    let (private, public) = (signing_key_path(&config.data_dir), verifying_key_path(&config.data_dir));
+    let (private, public) = (
+        signing_key_path(&config.data_dir),
+        verifying_key_path(&config.data_dir),
+    );
     if !private.exists() {
         let key = SigningKey::generate()?;
         key.save(&private)?;

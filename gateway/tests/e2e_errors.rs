@@ -1,5 +1,8 @@
 //! Bad cases, answered as the design says, and garbage that must not hurt anyone.
 
+// Helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{Read, Write};
@@ -22,7 +25,12 @@ fn a_space_that_is_not_connected_is_503_with_retry_after() {
     let token = gw.user_token("alice", &["alice--gone"]);
     let out = support::curl(
         &gw,
-        &["-i", "-H", &format!("Authorization: Bearer {token}"), &gw.space_url("alice--gone--8080", "/")],
+        &[
+            "-i",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &gw.space_url("alice--gone--8080", "/"),
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(text.starts_with("http/1.1 503"), "{text}");
@@ -34,7 +42,12 @@ fn a_space_that_is_not_connected_is_503_with_retry_after() {
 fn errors_for_ports_tokens_and_spaces() {
     let (_root, nginx) = page_server();
     let gw = Gateway::start();
-    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let _agent = Agent::start(
+        &gw,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
     let url = gw.space_url(&format!("alice--web--{}", nginx.port()), "/");
     let good = gw.user_token("alice", &["alice--web"]);
 
@@ -64,7 +77,11 @@ fn errors_for_ports_tokens_and_spaces() {
     assert_eq!(status, 404, "unknown host form: {body}");
 
     let (status, body) = get(&gw, &url, Some(&good));
-    assert_eq!((status, body.as_str()), (200, "ok\n"), "the good request still works");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok\n"),
+        "the good request still works"
+    );
 }
 
 #[test]
@@ -73,7 +90,11 @@ fn a_port_offered_but_not_listening_is_502_with_the_reason() {
     let dead = support::servers::free_port();
     let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", dead.to_string())]);
     let token = gw.user_token("alice", &["alice--web"]);
-    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{dead}"), "/"), Some(&token));
+    let (status, body) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{dead}"), "/"),
+        Some(&token),
+    );
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("nothing is listening"), "{body}");
 }
@@ -84,14 +105,31 @@ fn an_agent_token_signed_by_another_key_is_rejected_at_registration() {
     let stranger = Gateway::start();
     let forged = stranger.agent_token("alice", "web");
     let (_root, nginx) = page_server();
-    let mut agent = Agent::spawn(&gw, &forged, &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let mut agent = Agent::spawn(
+        &gw,
+        &forged,
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
 
     let code = agent.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(3), "the agent stops with the rejection; log:\n{}", agent.log());
-    assert!(agent.log().contains("agent token: the token is invalid"), "{}", agent.log());
+    assert_eq!(
+        code,
+        Some(3),
+        "the agent stops with the rejection; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("agent token: the token is invalid"),
+        "{}",
+        agent.log()
+    );
     gw.wait_for_log("registration rejected", 1);
     let token = gw.user_token("alice", &["alice--web"]);
-    let (status, _) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    let (status, _) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"),
+        Some(&token),
+    );
     assert_eq!(status, 503, "the space was not registered");
 }
 
@@ -99,25 +137,40 @@ fn an_agent_token_signed_by_another_key_is_rejected_at_registration() {
 fn garbage_on_the_public_port_does_not_stop_the_next_good_request() {
     let (_root, nginx) = page_server();
     let mut gw = Gateway::start();
-    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let _agent = Agent::start(
+        &gw,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
 
     // Not TLS at all.
     let mut raw = TcpStream::connect(("127.0.0.1", gw.public_port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(b"\x16\x03\x01\xff\xffgarbage\r\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap();
+    raw.write_all(b"\x16\x03\x01\xff\xffgarbage\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .unwrap();
     let mut sink = Vec::new();
     let _ = raw.read_to_end(&mut sink);
 
     // TLS, then bytes that are not HTTP: the gateway answers 400.
     let out = std::process::Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{}", gw.public_port)])
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", gw.public_port),
+        ])
         .args(["-servername", "gateway.localhost"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(b"\x00\x01\x02 not http at all\r\n\r\n")?;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"\x00\x01\x02 not http at all\r\n\r\n")?;
             child.wait_with_output()
         })
         .unwrap();
@@ -126,7 +179,11 @@ fn garbage_on_the_public_port_does_not_stop_the_next_good_request() {
 
     assert!(gw.is_running());
     let token = gw.user_token("alice", &["alice--web"]);
-    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    let (status, body) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"),
+        Some(&token),
+    );
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
@@ -145,9 +202,18 @@ fn garbage_on_the_agent_port_does_not_stop_the_next_agent() {
     fake.extend_from_slice(&[8; 1200]);
     udp.send_to(&fake, ("127.0.0.1", gw.agent_port)).unwrap();
 
-    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let _agent = Agent::start(
+        &gw,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
     assert!(gw.is_running());
     let token = gw.user_token("alice", &["alice--web"]);
-    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"), Some(&token));
+    let (status, body) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{}", nginx.port()), "/"),
+        Some(&token),
+    );
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }

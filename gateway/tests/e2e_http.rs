@@ -1,5 +1,8 @@
 //! HTTP through `USER--SPACE--PORT.DOMAIN` to a real nginx in the space, with curl.
 
+// Helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use support::servers::{sha256_file, write_random_file, Nginx, TempDir};
@@ -15,19 +18,38 @@ struct Setup {
 
 fn setup() -> Setup {
     let root = TempDir::new("test-www");
-    std::fs::write(root.path().join("index.html"), "<h1>hello from the space</h1>\n").unwrap();
+    std::fs::write(
+        root.path().join("index.html"),
+        "<h1>hello from the space</h1>\n",
+    )
+    .unwrap();
     let nginx = Nginx::start(root.path());
     let gw = Gateway::start();
-    let agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", nginx.port().to_string())]);
+    let agent = Agent::start(
+        &gw,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
     let port = nginx.port();
-    Setup { gw, _agent: agent, _nginx: nginx, root, port }
+    Setup {
+        gw,
+        _agent: agent,
+        _nginx: nginx,
+        root,
+        port,
+    }
 }
 
 #[test]
 fn curl_gets_the_page_that_nginx_serves() {
     let s = setup();
     let token = s.gw.user_token("alice", &["alice--web"]);
-    let (status, body) = get(&s.gw, &s.gw.space_url(&format!("alice--web--{}", s.port), "/"), Some(&token));
+    let (status, body) = get(
+        &s.gw,
+        &s.gw.space_url(&format!("alice--web--{}", s.port), "/"),
+        Some(&token),
+    );
     assert_eq!(status, 200, "{body}\n{}", s.gw.log());
     assert_eq!(body, "<h1>hello from the space</h1>\n");
 }
@@ -48,10 +70,15 @@ fn a_256_mib_download_arrives_with_the_same_sha256() {
             &format!("Authorization: Bearer {token}"),
             "-o",
             out.to_str().unwrap(),
-            &s.gw.space_url(&format!("alice--web--{}", s.port), "/big.bin"),
+            &s.gw
+                .space_url(&format!("alice--web--{}", s.port), "/big.bin"),
         ],
     );
-    assert!(result.status.success(), "curl: {}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 256 << 20);
     assert_eq!(sha256_file(&out), sha256_file(&file));
 }
@@ -60,7 +87,8 @@ fn a_256_mib_download_arrives_with_the_same_sha256() {
 fn three_requests_on_one_keep_alive_connection_all_succeed() {
     let s = setup();
     let token = s.gw.user_token("alice", &["alice--web"]);
-    let url = s.gw.space_url(&format!("alice--web--{}", s.port), "/index.html");
+    let url =
+        s.gw.space_url(&format!("alice--web--{}", s.port), "/index.html");
     // One curl invocation with three URLs reuses its connection; num_connects says
     // how many new connections each transfer needed.
     let result = curl(
@@ -82,9 +110,20 @@ fn three_requests_on_one_keep_alive_connection_all_succeed() {
             &url,
         ],
     );
-    assert!(result.status.success(), "curl: {}", String::from_utf8_lossy(&result.stderr));
-    let lines: Vec<String> = String::from_utf8_lossy(&result.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(lines, ["200:1", "200:0", "200:0"], "every request succeeds and only the first connects");
+    assert!(
+        result.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&result.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["200:1", "200:0", "200:0"],
+        "every request succeeds and only the first connects"
+    );
 }
 
 #[test]
@@ -98,12 +137,23 @@ fn a_public_port_needs_no_token_and_a_private_one_does() {
         "alice",
         "web",
         &[
-            ("KNOT_HTTP_PORT", format!("{},{}", public.port(), private.port())),
+            (
+                "KNOT_HTTP_PORT",
+                format!("{},{}", public.port(), private.port()),
+            ),
             ("KNOT_PUBLIC_HTTP_PORT", public.port().to_string()),
         ],
     );
-    let (status, body) = get(&gw, &gw.space_url(&format!("alice--web--{}", public.port()), "/"), None);
+    let (status, body) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{}", public.port()), "/"),
+        None,
+    );
     assert_eq!((status, body.as_str()), (200, "public page\n"));
-    let (status, _) = get(&gw, &gw.space_url(&format!("alice--web--{}", private.port()), "/"), None);
+    let (status, _) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{}", private.port()), "/"),
+        None,
+    );
     assert_eq!(status, 401);
 }

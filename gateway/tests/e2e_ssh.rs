@@ -1,6 +1,9 @@
 //! OpenSSH through the gateway: `ssh` with `ProxyCommand gateway connect` into a real
 //! sshd in the space.
 
+// Helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::{Command, Output, Stdio};
@@ -18,9 +21,19 @@ struct Setup {
 fn setup() -> Setup {
     let sshd = Sshd::start();
     let gw = Gateway::start();
-    let agent = Agent::start(&gw, "alice", "dev", &[("KNOT_SSH_PORT", sshd.port().to_string())]);
+    let agent = Agent::start(
+        &gw,
+        "alice",
+        "dev",
+        &[("KNOT_SSH_PORT", sshd.port().to_string())],
+    );
     let token = gw.user_token_for("alice", "alice--dev", "ssh");
-    Setup { gw, sshd, _agent: agent, token }
+    Setup {
+        gw,
+        sshd,
+        _agent: agent,
+        token,
+    }
 }
 
 impl Setup {
@@ -28,9 +41,10 @@ impl Setup {
     /// is only a label: the ProxyCommand decides where the bytes go.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.args(self.sshd.ssh_base_args())
-            .arg("-o")
-            .arg(format!("ProxyCommand={}", self.gw.proxy_command("alice/dev", &self.token)));
+        cmd.args(self.sshd.ssh_base_args()).arg("-o").arg(format!(
+            "ProxyCommand={}",
+            self.gw.proxy_command("alice/dev", &self.token)
+        ));
         cmd
     }
 
@@ -48,7 +62,12 @@ impl Setup {
 fn ssh_runs_a_command_and_returns_its_output() {
     let s = setup();
     let out = s.ssh("echo hello from $((40 + 2))", Stdio::null());
-    assert!(out.status.success(), "ssh: {}\ngateway:\n{}", String::from_utf8_lossy(&out.stderr), s.gw.log());
+    assert!(
+        out.status.success(),
+        "ssh: {}\ngateway:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.gw.log()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from 42\n");
 }
 
@@ -64,7 +83,12 @@ fn scp_of_a_64_mib_file_arrives_with_the_same_sha256() {
         .arg(format!("{}@space:{}", s.sshd.user(), dst.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "scp: {}\ngateway:\n{}", String::from_utf8_lossy(&out.stderr), s.gw.log());
+    assert!(
+        out.status.success(),
+        "scp: {}\ngateway:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.gw.log()
+    );
     assert_eq!(sha256_file(&dst), sha256_file(&src));
 }
 
@@ -76,6 +100,10 @@ fn ssh_cat_stores_the_whole_file_when_the_client_half_closes_first() {
     write_random_file(&src, 8 << 20);
     let stdin = std::fs::File::open(&src).unwrap();
     let out = s.ssh(&format!("cat > {}", dst.display()), Stdio::from(stdin));
-    assert!(out.status.success(), "ssh: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sha256_file(&dst), sha256_file(&src));
 }

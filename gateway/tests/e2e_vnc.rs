@@ -1,6 +1,9 @@
 //! The VNC desktop through `USER--SPACE--vnc.DOMAIN`: a websocket client reaches
 //! websockify in front of x11vnc on Xvfb and speaks RFB (RFC 6143).
 
+// Helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use support::servers::VncDesktop;
@@ -11,10 +14,20 @@ use support::{Agent, Gateway};
 async fn websocket_client_gets_a_framebuffer_update_from_the_desktop() {
     let desktop = VncDesktop::start();
     let gw = Gateway::start();
-    let _agent = Agent::start(&gw, "alice", "desk", &[("KNOT_VNC_HTTP_PORT", desktop.websockify_port().to_string())]);
+    let _agent = Agent::start(
+        &gw,
+        "alice",
+        "desk",
+        &[("KNOT_VNC_HTTP_PORT", desktop.websockify_port().to_string())],
+    );
     let token = gw.user_token_for("alice", "alice--desk", "vnc");
-    let url = format!("wss://alice--desk--vnc.gateway.localhost:{}/websockify", gw.public_port);
-    let ws = connect(&gw, &url, Some(&token), Some("binary")).await.unwrap_or_else(|s| panic!("status {s}\n{}", gw.log()));
+    let url = format!(
+        "wss://alice--desk--vnc.gateway.localhost:{}/websockify",
+        gw.public_port
+    );
+    let ws = connect(&gw, &url, Some(&token), Some("binary"))
+        .await
+        .unwrap_or_else(|s| panic!("status {s}\n{}", gw.log()));
     let mut rfb = ByteStream::new(ws);
 
     // RFC 6143 section 7.1: version, then security; x11vnc -nopw offers None (1).
@@ -25,12 +38,19 @@ async fn websocket_client_gets_a_framebuffer_update_from_the_desktop() {
     let types = rfb.read_exact(count).await;
     assert!(types.contains(&1), "security types {types:?} lack None");
     rfb.write(&[1]).await;
-    assert_eq!(rfb.read_exact(4).await, [0, 0, 0, 0], "SecurityResult is OK");
+    assert_eq!(
+        rfb.read_exact(4).await,
+        [0, 0, 0, 0],
+        "SecurityResult is OK"
+    );
 
     // Section 7.3: ClientInit (shared), ServerInit with the framebuffer size.
     rfb.write(&[1]).await;
     let init = rfb.read_exact(24).await;
-    let (width, height) = (u16::from_be_bytes([init[0], init[1]]), u16::from_be_bytes([init[2], init[3]]));
+    let (width, height) = (
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    );
     assert_eq!((width, height), (1024, 768));
     let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
     rfb.read_exact(name_len).await;
@@ -42,5 +62,8 @@ async fn websocket_client_gets_a_framebuffer_update_from_the_desktop() {
     rfb.write(&request).await;
     let header = rfb.read_exact(4).await;
     assert_eq!(header[0], 0, "message type FramebufferUpdate");
-    assert!(u16::from_be_bytes([header[2], header[3]]) >= 1, "at least one rectangle");
+    assert!(
+        u16::from_be_bytes([header[2], header[3]]) >= 1,
+        "at least one rectangle"
+    );
 }

@@ -14,12 +14,19 @@ pub struct Backoff {
 impl Backoff {
     /// Delays drawn from `[0, min(cap, base * 2^attempt))`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempt: 0 }
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The next delay; each call widens the range until it reaches the cap.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(fastrand::f64())
     }

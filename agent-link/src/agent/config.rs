@@ -54,7 +54,11 @@ pub struct AgentConfig {
     pub public_http_port: Vec<u16>,
 
     /// PEM file of CA certificates that the gateway's certificate chains to.
-    #[arg(long, env = "KNOT_AGENT_CA_FILE", conflicts_with = "gateway_fingerprint")]
+    #[arg(
+        long,
+        env = "KNOT_AGENT_CA_FILE",
+        conflicts_with = "gateway_fingerprint"
+    )]
     pub ca_file: Option<PathBuf>,
 
     /// SHA-256 fingerprint of the gateway's certificate (development, self-signed).
@@ -116,13 +120,23 @@ impl AgentConfig {
     pub fn services(&self) -> Result<Vec<Service>, ConfigError> {
         let mut out: Vec<Service> = Vec::new();
         let mut add = |name: &str, port: u16, kind: ServiceKind, public: bool| {
-            out.push(Service { name: name.to_owned(), port, kind, public })
+            out.push(Service {
+                name: name.to_owned(),
+                port,
+                kind,
+                public,
+            })
         };
         if let Some(port) = self.ssh_port {
             add("ssh", port, ServiceKind::Tcp, false);
         }
         for &port in &self.http_port {
-            add("http", port, ServiceKind::Http, self.public_http_port.contains(&port));
+            add(
+                "http",
+                port,
+                ServiceKind::Http,
+                self.public_http_port.contains(&port),
+            );
         }
         if let Some(port) = self.code_server_port {
             add("code-server", port, ServiceKind::Http, false);
@@ -142,7 +156,11 @@ fn validate(services: &[Service], public: &[u16]) -> Result<(), ConfigError> {
     if services.is_empty() {
         return Err(ConfigError::NoServices);
     }
-    if let Some(&port) = public.iter().find(|p| !services.iter().any(|s| s.port == **p && s.kind == ServiceKind::Http)) {
+    if let Some(&port) = public.iter().find(|p| {
+        !services
+            .iter()
+            .any(|s| s.port == **p && s.kind == ServiceKind::Http)
+    }) {
         return Err(ConfigError::PublicNotHttp(port));
     }
     let mut seen = HashMap::new();
@@ -159,17 +177,40 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> AgentConfig {
-        let base = ["agent-link", "--endpoint", "gw.example:7443", "--token", "t"];
+        let base = [
+            "agent-link",
+            "--endpoint",
+            "gw.example:7443",
+            "--token",
+            "t",
+        ];
         AgentConfig::try_parse_from(base.iter().chain(args)).unwrap()
     }
 
     #[test]
     fn offers_exactly_the_ports_given() {
-        let c = parse(&["--ssh-port", "22", "--http-port", "8080,3000", "--vnc-http-port", "6080"]);
-        let ports: Vec<_> = c.services().unwrap().iter().map(|s| (s.name.clone(), s.port)).collect();
+        let c = parse(&[
+            "--ssh-port",
+            "22",
+            "--http-port",
+            "8080,3000",
+            "--vnc-http-port",
+            "6080",
+        ]);
+        let ports: Vec<_> = c
+            .services()
+            .unwrap()
+            .iter()
+            .map(|s| (s.name.clone(), s.port))
+            .collect();
         assert_eq!(
             ports,
-            [("ssh".into(), 22), ("http".into(), 8080), ("http".into(), 3000), ("vnc".into(), 6080)]
+            [
+                ("ssh".into(), 22),
+                ("http".into(), 8080),
+                ("http".into(), 3000),
+                ("vnc".into(), 6080)
+            ]
         );
     }
 

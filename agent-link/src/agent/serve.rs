@@ -27,7 +27,9 @@ pub(super) struct Offered {
 
 impl Offered {
     pub(super) fn new(services: &[Service]) -> Self {
-        Self { ports: services.iter().map(|s| s.port).collect() }
+        Self {
+            ports: services.iter().map(|s| s.port).collect(),
+        }
     }
 
     pub(super) fn ports(&self) -> Vec<u16> {
@@ -44,13 +46,21 @@ pub(super) async fn serve_stream(mut stream: DataStream, offered: std::sync::Arc
         Ok(Ok(Some(body))) => StreamOpen::decode(&body),
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return refuse(&mut stream, RefuseReason::BadHeader, e.to_string()).await,
-        Err(_) => return refuse(&mut stream, RefuseReason::BadHeader, "no header in time".into()).await,
+        Err(_) => {
+            return refuse(
+                &mut stream,
+                RefuseReason::BadHeader,
+                "no header in time".into(),
+            )
+            .await
+        }
     };
     let open = match open {
         Ok(open) => open,
         Err(e) => return refuse(&mut stream, RefuseReason::BadHeader, e.to_string()).await,
     };
-    let span = info_span!("stream", request = %open.request_id, port = open.port, client = %open.client);
+    let span =
+        info_span!("stream", request = %open.request_id, port = open.port, client = %open.client);
     serve_open(stream, open, &offered).instrument(span).await
 }
 

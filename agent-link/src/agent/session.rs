@@ -52,7 +52,10 @@ enum LinkEnd {
     #[error("control stream: {0}")]
     Io(#[from] std::io::Error),
     #[error("rejected ({reason:?}): {message}")]
-    Rejected { reason: RejectReason, message: String },
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("link closed")]
@@ -68,7 +71,9 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     let trust = config.trust()?;
     let (host, port) = config.host_port()?;
     let server_name = config.server_name.clone().unwrap_or_else(|| host.clone());
-    let tls = trust.client_config(&[ALPN_QUIC]).map_err(ConfigError::from)?;
+    let tls = trust
+        .client_config(&[ALPN_QUIC])
+        .map_err(ConfigError::from)?;
     let offered = Arc::new(Offered::new(&services));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut endpoint = None;
@@ -76,7 +81,13 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     info!(endpoint = %config.endpoint, services = ?offered.ports(), "agent starting");
     loop {
         let started = Instant::now();
-        let attempt = Attempt { host: &host, port, server_name: &server_name, token: &config.token, services: &services };
+        let attempt = Attempt {
+            host: &host,
+            port,
+            server_name: &server_name,
+            token: &config.token,
+            services: &services,
+        };
         let end = attempt.run(&mut endpoint, &tls, &offered).await;
         match end {
             Err(LinkEnd::Rejected { reason, message }) if reason.is_permanent() => {
@@ -113,7 +124,10 @@ impl Attempt<'_> {
     ) -> Result<(), LinkEnd> {
         let addr = resolve(self.host, self.port).await?;
         if endpoint.is_none() {
-            *endpoint = Some(client_endpoint(addr, tls.clone(), &LinkTuning::agent()).map_err(LinkEnd::Endpoint)?);
+            *endpoint = Some(
+                client_endpoint(addr, tls.clone(), &LinkTuning::agent())
+                    .map_err(LinkEnd::Endpoint)?,
+            );
         }
         let endpoint = endpoint.as_ref().expect("endpoint was just created");
         let conn = endpoint
@@ -123,14 +137,23 @@ impl Attempt<'_> {
             .map_err(|e| LinkEnd::Connect(e.to_string()))?;
         let link = Link::Quic(conn);
         let (send, recv) = match &link {
-            Link::Quic(c) => c.open_bi().await.map_err(|e| LinkEnd::Connect(e.to_string()))?,
+            Link::Quic(c) => c
+                .open_bi()
+                .await
+                .map_err(|e| LinkEnd::Connect(e.to_string()))?,
         };
-        let (mut send, mut control) = (SendHalf::Quic(send), ControlReader::new(RecvHalf::Quic(recv)));
+        let (mut send, mut control) = (
+            SendHalf::Quic(send),
+            ControlReader::new(RecvHalf::Quic(recv)),
+        );
         let (session, ping_interval) = self.handshake(&mut send, &mut control).await?;
 
-        let span = tracing::info_span!("link", session, gateway = %addr, transport = link.kind().as_str());
+        let span =
+            tracing::info_span!("link", session, gateway = %addr, transport = link.kind().as_str());
         info!(parent: &span, "registered");
-        run_link(link, send, control, offered.clone(), ping_interval).instrument(span).await
+        run_link(link, send, control, offered.clone(), ping_interval)
+            .instrument(span)
+            .await
     }
 
     async fn handshake(
@@ -146,18 +169,29 @@ impl Attempt<'_> {
         };
         send_control(send, &hello).await?;
         match control.next_within(HANDSHAKE_TIMEOUT).await? {
-            Some(ControlMessage::Welcome { session, ping_interval_ms, .. }) => {
-                Ok((session, Duration::from_millis(ping_interval_ms.clamp(100, 600_000).into())))
+            Some(ControlMessage::Welcome {
+                session,
+                ping_interval_ms,
+                ..
+            }) => Ok((
+                session,
+                Duration::from_millis(ping_interval_ms.clamp(100, 600_000).into()),
+            )),
+            Some(ControlMessage::Reject { reason, message }) => {
+                Err(LinkEnd::Rejected { reason, message })
             }
-            Some(ControlMessage::Reject { reason, message }) => Err(LinkEnd::Rejected { reason, message }),
-            Some(other) => Err(LinkEnd::Protocol(format!("expected Welcome, got {other:?}"))),
+            Some(other) => Err(LinkEnd::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
             None => Err(LinkEnd::Closed),
         }
     }
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, LinkEnd> {
-    crate::net::resolve(host, port).await.map_err(|e| LinkEnd::Resolve(format!("{host}:{port}"), e))
+    crate::net::resolve(host, port)
+        .await
+        .map_err(|e| LinkEnd::Resolve(format!("{host}:{port}"), e))
 }
 
 /// Serves one registered link until it ends: answers pings, serves streams.

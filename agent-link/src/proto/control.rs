@@ -47,7 +47,12 @@ impl ServiceKind {
             1 => Self::Http,
             2 => Self::Https,
             3 => Self::Vnc,
-            other => return Err(DecodeError::InvalidValue { field: "service kind", value: other.into() }),
+            other => {
+                return Err(DecodeError::InvalidValue {
+                    field: "service kind",
+                    value: other.into(),
+                })
+            }
         })
     }
 
@@ -108,7 +113,12 @@ impl RejectReason {
             3 => Self::Version,
             4 => Self::Protocol,
             5 => Self::Unavailable,
-            other => return Err(DecodeError::InvalidValue { field: "reject reason", value: other.into() }),
+            other => {
+                return Err(DecodeError::InvalidValue {
+                    field: "reject reason",
+                    value: other.into(),
+                })
+            }
         })
     }
 
@@ -178,14 +188,23 @@ impl ControlMessage {
 
     fn encode_body(&self, w: &mut Writer<'_>) {
         match self {
-            Self::Hello { version, agent_version, token, services } => {
+            Self::Hello {
+                version,
+                agent_version,
+                token,
+                services,
+            } => {
                 w.u8(HELLO);
                 w.u16(*version);
                 w.str(agent_version);
                 w.str(token);
                 encode_services(w, services);
             }
-            Self::Welcome { version, session, ping_interval_ms } => {
+            Self::Welcome {
+                version,
+                session,
+                ping_interval_ms,
+            } => {
                 w.u8(WELCOME);
                 w.u16(*version);
                 w.u64(*session);
@@ -225,11 +244,20 @@ impl ControlMessage {
                 token: r.str()?,
                 services: decode_services(&mut r)?,
             },
-            WELCOME => Self::Welcome { version: r.u16()?, session: r.u64()?, ping_interval_ms: r.u32()? },
-            REJECT => Self::Reject { reason: RejectReason::from_wire(r.u8()?)?, message: r.str()? },
+            WELCOME => Self::Welcome {
+                version: r.u16()?,
+                session: r.u64()?,
+                ping_interval_ms: r.u32()?,
+            },
+            REJECT => Self::Reject {
+                reason: RejectReason::from_wire(r.u8()?)?,
+                message: r.str()?,
+            },
             PING => Self::Ping { nonce: r.u64()? },
             PONG => Self::Pong { nonce: r.u64()? },
-            SERVICES_UPDATE => Self::ServicesUpdate { services: decode_services(&mut r)? },
+            SERVICES_UPDATE => Self::ServicesUpdate {
+                services: decode_services(&mut r)?,
+            },
             GO_AWAY => Self::GoAway { reason: r.str()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -252,7 +280,10 @@ fn encode_services(w: &mut Writer<'_>, services: &[Service]) {
 fn decode_services(r: &mut Reader<'_>) -> Result<Vec<Service>, DecodeError> {
     let n = r.u16()? as usize;
     if n > MAX_SERVICES {
-        return Err(DecodeError::InvalidValue { field: "service count", value: n as u64 });
+        return Err(DecodeError::InvalidValue {
+            field: "service count",
+            value: n as u64,
+        });
     }
     (0..n)
         .map(|_| {
@@ -281,8 +312,18 @@ mod tests {
     #[test]
     fn every_message_survives_encoding() {
         let services = vec![
-            Service { name: "ssh".into(), port: 22, kind: ServiceKind::Tcp, public: false },
-            Service { name: "web".into(), port: 8080, kind: ServiceKind::Http, public: true },
+            Service {
+                name: "ssh".into(),
+                port: 22,
+                kind: ServiceKind::Tcp,
+                public: false,
+            },
+            Service {
+                name: "web".into(),
+                port: 8080,
+                kind: ServiceKind::Http,
+                public: true,
+            },
         ];
         round_trip(ControlMessage::Hello {
             version: 1,
@@ -290,24 +331,48 @@ mod tests {
             token: "a.b.c".into(),
             services: services.clone(),
         });
-        round_trip(ControlMessage::Welcome { version: 1, session: 7, ping_interval_ms: 5000 });
-        round_trip(ControlMessage::Reject { reason: RejectReason::ExpiredToken, message: "expired".into() });
+        round_trip(ControlMessage::Welcome {
+            version: 1,
+            session: 7,
+            ping_interval_ms: 5000,
+        });
+        round_trip(ControlMessage::Reject {
+            reason: RejectReason::ExpiredToken,
+            message: "expired".into(),
+        });
         round_trip(ControlMessage::Ping { nonce: u64::MAX });
         round_trip(ControlMessage::Pong { nonce: 0 });
         round_trip(ControlMessage::ServicesUpdate { services });
-        round_trip(ControlMessage::GoAway { reason: "draining".into() });
+        round_trip(ControlMessage::GoAway {
+            reason: "draining".into(),
+        });
     }
 
     #[test]
     fn unknown_type_and_trailing_bytes_are_errors() {
-        assert_eq!(ControlMessage::decode(&[0x7f]), Err(DecodeError::UnknownType(0x7f)));
-        assert_eq!(ControlMessage::decode(&[PING, 0, 0, 0, 0, 0, 0, 0, 1, 9]), Err(DecodeError::TrailingBytes(1)));
-        assert_eq!(ControlMessage::decode(&[PING, 0, 0]), Err(DecodeError::Truncated));
+        assert_eq!(
+            ControlMessage::decode(&[0x7f]),
+            Err(DecodeError::UnknownType(0x7f))
+        );
+        assert_eq!(
+            ControlMessage::decode(&[PING, 0, 0, 0, 0, 0, 0, 0, 1, 9]),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            ControlMessage::decode(&[PING, 0, 0]),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]
     fn invalid_enum_values_are_errors() {
         let err = ControlMessage::decode(&[REJECT, 99, 0, 0]).unwrap_err();
-        assert_eq!(err, DecodeError::InvalidValue { field: "reject reason", value: 99 });
+        assert_eq!(
+            err,
+            DecodeError::InvalidValue {
+                field: "reject reason",
+                value: 99
+            }
+        );
     }
 }

@@ -30,7 +30,10 @@ pub(crate) fn encode(out: &mut BytesMut, body: impl FnOnce(&mut Writer<'_>)) {
     out.put_u32(0);
     body(&mut Writer::new(out));
     let len = out.len() - start - LEN_PREFIX;
-    debug_assert!(len <= MAX_FRAME_LEN, "encoded frame of {len} bytes exceeds the limit");
+    debug_assert!(
+        len <= MAX_FRAME_LEN,
+        "encoded frame of {len} bytes exceeds the limit"
+    );
     out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
@@ -75,7 +78,10 @@ mod tests {
         let mut dec = FrameDecoder::new();
         assert_eq!(dec.decode(&mut partial), Ok(None));
         partial.extend_from_slice(&buf[6..]);
-        assert_eq!(dec.decode(&mut partial).unwrap().unwrap().as_ref(), b"hello");
+        assert_eq!(
+            dec.decode(&mut partial).unwrap().unwrap().as_ref(),
+            b"hello"
+        );
         assert!(partial.is_empty());
     }
 

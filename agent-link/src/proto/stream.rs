@@ -88,7 +88,12 @@ impl RefuseReason {
             2 => Self::ConnectionRefused,
             3 => Self::ConnectFailed,
             4 => Self::BadHeader,
-            other => return Err(DecodeError::InvalidValue { field: "refuse reason", value: other.into() }),
+            other => {
+                return Err(DecodeError::InvalidValue {
+                    field: "refuse reason",
+                    value: other.into(),
+                })
+            }
         })
     }
 }
@@ -136,7 +141,12 @@ impl StreamOpen {
             class: match r.u8()? {
                 0 => StreamClass::Interactive,
                 1 => StreamClass::Bulk,
-                v => return Err(DecodeError::InvalidValue { field: "stream class", value: v.into() }),
+                v => {
+                    return Err(DecodeError::InvalidValue {
+                        field: "stream class",
+                        value: v.into(),
+                    })
+                }
             },
         };
         r.finish()?;
@@ -162,7 +172,10 @@ impl StreamAnswer {
         let mut r = Reader::new(body);
         let answer = match r.u8().map_err(|_| DecodeError::EmptyFrame)? {
             OK => Self::Ok,
-            REFUSED => Self::Refused { reason: RefuseReason::from_wire(r.u8()?)?, message: r.str()? },
+            REFUSED => Self::Refused {
+                reason: RefuseReason::from_wire(r.u8()?)?,
+                message: r.str()?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -195,7 +208,12 @@ fn decode_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
             a.copy_from_slice(r.bytes(16)?);
             IpAddr::V6(Ipv6Addr::from(a))
         }
-        v => return Err(DecodeError::InvalidValue { field: "address family", value: v.into() }),
+        v => {
+            return Err(DecodeError::InvalidValue {
+                field: "address family",
+                value: v.into(),
+            })
+        }
     };
     Ok(SocketAddr::new(ip, r.u16()?))
 }
@@ -228,14 +246,23 @@ mod tests {
     fn answers_round_trip() {
         for answer in [
             StreamAnswer::Ok,
-            StreamAnswer::Refused { reason: RefuseReason::PortNotOffered, message: "port 9".into() },
+            StreamAnswer::Refused {
+                reason: RefuseReason::PortNotOffered,
+                message: "port 9".into(),
+            },
         ] {
-            assert_eq!(StreamAnswer::decode(&body(|b| answer.encode(b))).unwrap(), answer);
+            assert_eq!(
+                StreamAnswer::decode(&body(|b| answer.encode(b))).unwrap(),
+                answer
+            );
         }
     }
 
     #[test]
     fn a_control_message_is_not_a_stream_header() {
-        assert_eq!(StreamOpen::decode(&[0x04]), Err(DecodeError::UnknownType(0x04)));
+        assert_eq!(
+            StreamOpen::decode(&[0x04]),
+            Err(DecodeError::UnknownType(0x04))
+        );
     }
 }

@@ -49,7 +49,10 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(DecodeError::InvalidValue { field: "bool", value: other.into() }),
+            other => Err(DecodeError::InvalidValue {
+                field: "bool",
+                value: other.into(),
+            }),
         }
     }
 
@@ -60,7 +63,9 @@ impl<'a> Reader<'a> {
     pub(crate) fn str(&mut self) -> Result<String, DecodeError> {
         let len = self.u16()? as usize;
         let raw = self.take(len)?;
-        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::InvalidUtf8)
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8)
     }
 
     /// Every message must be consumed exactly: trailing bytes mean the peer and we

@@ -52,7 +52,10 @@ impl Link {
         match self {
             Self::Quic(conn) => {
                 let (send, recv) = conn.open_bi().await?;
-                Ok(DataStream { send: SendHalf::Quic(send), recv: RecvHalf::Quic(recv) })
+                Ok(DataStream {
+                    send: SendHalf::Quic(send),
+                    recv: RecvHalf::Quic(recv),
+                })
             }
         }
     }
@@ -62,7 +65,10 @@ impl Link {
         match self {
             Self::Quic(conn) => {
                 let (send, recv) = conn.accept_bi().await.ok()?;
-                Some(DataStream { send: SendHalf::Quic(send), recv: RecvHalf::Quic(recv) })
+                Some(DataStream {
+                    send: SendHalf::Quic(send),
+                    recv: RecvHalf::Quic(recv),
+                })
             }
         }
     }
@@ -173,7 +179,11 @@ impl RecvHalf {
 }
 
 impl AsyncWrite for SendHalf {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(Into::into),
         }
@@ -193,7 +203,11 @@ impl AsyncWrite for SendHalf {
 }
 
 impl AsyncRead for RecvHalf {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(r) => Pin::new(r).poll_read(cx, buf),
         }
@@ -201,13 +215,21 @@ impl AsyncRead for RecvHalf {
 }
 
 impl AsyncRead for DataStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for DataStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().send).poll_write(cx, buf)
     }
 

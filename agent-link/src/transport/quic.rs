@@ -28,12 +28,20 @@ pub struct LinkTuning {
 impl LinkTuning {
     /// The agent's side: the gateway opens one stream per user connection.
     pub fn agent() -> Self {
-        Self { peer_streams: 4096, keep_alive: Duration::from_secs(5), idle_timeout: Duration::from_secs(20) }
+        Self {
+            peer_streams: 4096,
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+        }
     }
 
     /// The gateway's side: agents open only the control stream.
     pub fn gateway() -> Self {
-        Self { peer_streams: 4, keep_alive: Duration::from_secs(5), idle_timeout: Duration::from_secs(20) }
+        Self {
+            peer_streams: 4,
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+        }
     }
 
     fn transport(&self) -> TransportConfig {
@@ -47,7 +55,9 @@ impl LinkTuning {
         t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
         t.send_window(32 * 1024 * 1024);
         t.keep_alive_interval(Some(self.keep_alive));
-        t.max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).expect("idle timeout below 2^62 ms")));
+        t.max_idle_timeout(Some(
+            IdleTimeout::try_from(self.idle_timeout).expect("idle timeout below 2^62 ms"),
+        ));
         t
     }
 }
@@ -76,7 +86,8 @@ pub fn server_endpoint(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(tuning.transport()));
     let socket = bind_udp(addr)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     Endpoint::new(EndpointConfig::default(), Some(config), socket, runtime)
 }
 
@@ -86,12 +97,19 @@ pub fn client_endpoint(
     tls: rustls::ClientConfig,
     tuning: &LinkTuning,
 ) -> std::io::Result<Endpoint> {
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal address");
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
     let crypto = QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(tuning.transport()));
     let socket = bind_udp(bind)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     let mut endpoint = Endpoint::new(EndpointConfig::default(), None, socket, runtime)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)

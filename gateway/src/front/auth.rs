@@ -26,7 +26,9 @@ pub enum Access {
 
 /// Checks the request's token for `service` in `space`.
 pub fn check<B>(req: &Request<B>, verifier: &Verifier, space: &SpaceKey, service: Grant) -> Access {
-    let Some(token) = token(req) else { return Access::Missing };
+    let Some(token) = token(req) else {
+        return Access::Missing;
+    };
     match verifier.user(&token) {
         Err(e) => Access::Invalid(e),
         Ok(claims) if claims.allows(space, service) => Access::Granted(claims),
@@ -36,13 +38,17 @@ pub fn check<B>(req: &Request<B>, verifier: &Verifier, space: &SpaceKey, service
 
 /// The token from `Authorization: Bearer`, else `?access_token=`, else the cookie.
 pub fn token<B>(req: &Request<B>) -> Option<String> {
-    bearer(req).or_else(|| query_token(req)).or_else(|| cookie_token(req))
+    bearer(req)
+        .or_else(|| query_token(req))
+        .or_else(|| cookie_token(req))
 }
 
 fn bearer<B>(req: &Request<B>) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn query_token<B>(req: &Request<B>) -> Option<String> {
@@ -54,12 +60,16 @@ fn query_token<B>(req: &Request<B>) -> Option<String> {
 }
 
 fn cookie_token<B>(req: &Request<B>) -> Option<String> {
-    req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
-        v.split(';').find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == TOKEN_COOKIE).then(|| v.to_owned())
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';').find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == TOKEN_COOKIE).then(|| v.to_owned())
+            })
         })
-    })
 }
 
 /// Removes the gateway's credentials from a request before it goes to a space, so that
@@ -73,13 +83,22 @@ pub fn strip_credentials<B>(req: &mut Request<B>) {
 }
 
 fn strip_query_token<B>(req: &mut Request<B>) {
-    let Some(query) = req.uri().query() else { return };
+    let Some(query) = req.uri().query() else {
+        return;
+    };
     if !query.split('&').any(|p| p.starts_with("access_token=")) {
         return;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !p.starts_with("access_token=")).collect();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("access_token="))
+        .collect();
     let path = req.uri().path();
-    let pq = if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
+    let pq = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
     if let Ok(uri) = pq.parse() {
         *req.uri_mut() = uri;
     }
@@ -125,7 +144,10 @@ mod tests {
         assert_eq!(req.headers()[header::COOKIE], "a=b");
         assert_eq!(token(&req), None);
 
-        let req = Request::builder().header(header::AUTHORIZATION, "Bearer BB").body(()).unwrap();
+        let req = Request::builder()
+            .header(header::AUTHORIZATION, "Bearer BB")
+            .body(())
+            .unwrap();
         assert_eq!(token(&req).as_deref(), Some("BB"));
     }
 }

@@ -54,7 +54,9 @@ pub struct Front {
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, front: Arc<Front>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else { continue };
+        let Ok((tcp, addr)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, front) = (acceptor.clone(), front.clone());
         let span = info_span!("conn", client.addr = %addr, tls = true);
@@ -74,7 +76,9 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, fr
 /// Accepts plain HTTP connections (TLS terminated in front of the gateway).
 pub async fn serve_plain(listener: TcpListener, front: Arc<Front>) {
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else { continue };
+        let Ok((tcp, addr)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
         let span = info_span!("conn", client.addr = %addr, tls = false);
@@ -87,12 +91,19 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(front.head_timeout).max_buf_size(front.max_head_bytes);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(front.head_timeout)
+        .max_buf_size(front.max_head_bytes);
     let service = service_fn(move |req| {
         let front = front.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, client, tls, &front).await) }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
         // Clients that vanish mid-request are ordinary; nothing for an operator here.
         debug!(error = %e, "connection ended with an error");
     }
@@ -100,8 +111,17 @@ where
 
 /// Routes one request and answers it; every failure becomes a response that says what
 /// went wrong.
-async fn handle(req: Request<Incoming>, client: SocketAddr, tls: bool, front: &Front) -> Response<Body> {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+async fn handle(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    tls: bool,
+    front: &Front,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri().host());
     let route = match route::route(host, req.uri().path(), &front.domain) {
         Ok(route) => route,
         Err(e) => return reply::text(StatusCode::NOT_FOUND, e.to_string()),
@@ -126,36 +146,71 @@ async fn http_port(
 ) -> Response<Body> {
     let entry = front.registry.get(&space);
     let service = entry.as_ref().and_then(|e| e.service(port));
-    let public = front.allow_public_ports && service.as_ref().is_some_and(|s| s.public && s.kind == ServiceKind::Http);
+    let public = front.allow_public_ports
+        && service
+            .as_ref()
+            .is_some_and(|s| s.public && s.kind == ServiceKind::Http);
     if !public {
         if let Err(resp) = authorize(&req, front, &space, Grant::Http) {
             return resp;
         }
     }
-    let Some(entry) = entry else { return reply::not_connected(&space) };
+    let Some(entry) = entry else {
+        return reply::not_connected(&space);
+    };
     match service.map(|s| s.kind) {
         Some(ServiceKind::Http | ServiceKind::Vnc) => {}
         Some(ServiceKind::Https) => {
             return reply::text(StatusCode::NOT_IMPLEMENTED, format!("port {port} serves HTTPS inside the space; the gateway proxies plain HTTP ports only"));
         }
         Some(ServiceKind::Tcp) => {
-            return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not an HTTP port; reach it through /tcp/{}/{}/{port}", space.user, space.space));
+            return reply::text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "port {port} is not an HTTP port; reach it through /tcp/{}/{}/{port}",
+                    space.user, space.space
+                ),
+            );
         }
-        None => return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not offered by space {space}")),
+        None => {
+            return reply::text(
+                StatusCode::NOT_FOUND,
+                format!("port {port} is not offered by space {space}"),
+            )
+        }
     }
     forward(req, client, tls, &entry, port, StreamClass::Bulk).await
 }
 
 /// `USER--SPACE--vnc.DOMAIN`: the VNC web service, page and websocket.
-async fn vnc(req: Request<Incoming>, client: ClientAddr, tls: bool, front: &Front, space: SpaceKey) -> Response<Body> {
+async fn vnc(
+    req: Request<Incoming>,
+    client: ClientAddr,
+    tls: bool,
+    front: &Front,
+    space: SpaceKey,
+) -> Response<Body> {
     if let Err(resp) = authorize(&req, front, &space, Grant::Vnc) {
         return resp;
     }
-    let Some(entry) = front.registry.get(&space) else { return reply::not_connected(&space) };
-    let Some(service) = entry.service_of_kind(ServiceKind::Vnc) else {
-        return reply::text(StatusCode::NOT_FOUND, format!("space {space} offers no VNC desktop"));
+    let Some(entry) = front.registry.get(&space) else {
+        return reply::not_connected(&space);
     };
-    forward(req, client, tls, &entry, service.port, StreamClass::Interactive).await
+    let Some(service) = entry.service_of_kind(ServiceKind::Vnc) else {
+        return reply::text(
+            StatusCode::NOT_FOUND,
+            format!("space {space} offers no VNC desktop"),
+        );
+    };
+    forward(
+        req,
+        client,
+        tls,
+        &entry,
+        service.port,
+        StreamClass::Interactive,
+    )
+    .await
 }
 
 /// `/ssh/USER/SPACE` and `/tcp/USER/SPACE/PORT`: a websocket carrying raw TCP bytes.
@@ -166,24 +221,50 @@ async fn tcp_socket(
     space: SpaceKey,
     port: Option<u16>,
 ) -> Response<Body> {
-    let grant = if port.is_some() { Grant::Tcp } else { Grant::Ssh };
+    let grant = if port.is_some() {
+        Grant::Tcp
+    } else {
+        Grant::Ssh
+    };
     if let Err(resp) = authorize(&req, front, &space, grant) {
         return resp;
     }
     if let Err(resp) = ws::check_upgrade(&req) {
         return resp;
     }
-    let Some(entry) = front.registry.get(&space) else { return reply::not_connected(&space) };
+    let Some(entry) = front.registry.get(&space) else {
+        return reply::not_connected(&space);
+    };
     let (port, class) = match port {
         Some(port) if entry.service(port).is_some() => (port, StreamClass::Bulk),
-        Some(port) => return reply::text(StatusCode::NOT_FOUND, format!("port {port} is not offered by space {space}")),
-        None => match entry.services.read().expect("services lock poisoned").iter().find(|s| s.name == "ssh") {
+        Some(port) => {
+            return reply::text(
+                StatusCode::NOT_FOUND,
+                format!("port {port} is not offered by space {space}"),
+            )
+        }
+        None => match entry
+            .services
+            .read()
+            .expect("services lock poisoned")
+            .iter()
+            .find(|s| s.name == "ssh")
+        {
             Some(s) => (s.port, StreamClass::Interactive),
-            None => return reply::text(StatusCode::NOT_FOUND, format!("space {space} offers no SSH server")),
+            None => {
+                return reply::text(
+                    StatusCode::NOT_FOUND,
+                    format!("space {space} offers no SSH server"),
+                )
+            }
         },
     };
     match open_stream(&entry, port, client, class).await {
-        Ok((stream, id)) => ws::accept(req, stream, info_span!("stream", %space, port, request = %id)),
+        Ok((stream, id)) => ws::accept(
+            req,
+            stream,
+            info_span!("stream", %space, port, request = %id),
+        ),
         Err(e) => {
             info!(%space, port, error = %e, "stream not opened");
             reply::open_failed(&e)
@@ -203,7 +284,9 @@ async fn forward(
     match open_stream(entry, port, client, class).await {
         Ok((stream, id)) => {
             let span = info_span!("stream", session = %entry.session, port, request = %id);
-            proxy::forward(req, stream, client, tls).instrument(span).await
+            proxy::forward(req, stream, client, tls)
+                .instrument(span)
+                .await
         }
         Err(e) => {
             info!(session = %entry.session, port, error = %e, "stream not opened");
@@ -213,7 +296,12 @@ async fn forward(
 }
 
 /// 401 without a valid token, 403 with one that does not reach this space or service.
-fn authorize(req: &Request<Incoming>, front: &Front, space: &SpaceKey, grant: Grant) -> Result<(), Response<Body>> {
+fn authorize(
+    req: &Request<Incoming>,
+    front: &Front,
+    space: &SpaceKey,
+    grant: Grant,
+) -> Result<(), Response<Body>> {
     match auth::check(req, &front.verifier, space, grant) {
         Access::Granted(claims) => {
             debug!(user = %claims.sub, service = grant.as_str(), "access granted");

@@ -13,7 +13,12 @@ use super::auth::strip_credentials;
 use super::reply::{self, Body};
 
 /// Sends `req` to the space over `stream` and returns the space's response.
-pub(super) async fn forward(mut req: Request<Incoming>, stream: DataStream, client: ClientAddr, tls: bool) -> Response<Body> {
+pub(super) async fn forward(
+    mut req: Request<Incoming>,
+    stream: DataStream,
+    client: ClientAddr,
+    tls: bool,
+) -> Response<Body> {
     // 1. Take the client's upgrade future before the request is moved upstream; it
     //    resolves once our 101 response has been written to the client.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -22,9 +27,15 @@ pub(super) async fn forward(mut req: Request<Incoming>, stream: DataStream, clie
 
     // 2. A fresh HTTP/1.1 client connection over the stream. The connection task ends
     //    when the response body has been read, or carries the upgraded stream after 101.
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
         Ok(pair) => pair,
-        Err(e) => return reply::text(StatusCode::BAD_GATEWAY, format!("cannot talk HTTP to the space: {e}")),
+        Err(e) => {
+            return reply::text(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot talk HTTP to the space: {e}"),
+            )
+        }
     };
     tokio::spawn(
         async move {
@@ -38,7 +49,12 @@ pub(super) async fn forward(mut req: Request<Incoming>, stream: DataStream, clie
     // 3. The response, and on 101 the join of both upgraded connections.
     let mut resp = match sender.send_request(req).await {
         Ok(resp) => resp,
-        Err(e) => return reply::text(StatusCode::BAD_GATEWAY, format!("the space's service failed to answer: {e}")),
+        Err(e) => {
+            return reply::text(
+                StatusCode::BAD_GATEWAY,
+                format!("the space's service failed to answer: {e}"),
+            )
+        }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -76,7 +92,10 @@ fn add_forwarded<B>(req: &mut Request<B>, client: ClientAddr, tls: bool) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert("x-forwarded-host", host);
     }

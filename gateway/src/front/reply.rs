@@ -18,7 +18,11 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .expect("a static status and headers make a valid response")
 }
 
@@ -28,7 +32,8 @@ pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("space {space} is not connected to the gateway; start it or wait for its agent to reconnect"),
     );
-    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     resp
 }
 
@@ -40,6 +45,9 @@ pub fn open_failed(err: &OpenError) -> Response<Body> {
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750 section 3).
 pub fn unauthorized(message: impl Into<String>) -> Response<Body> {
     let mut resp = text(StatusCode::UNAUTHORIZED, message);
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"space gateway\""));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"space gateway\""),
+    );
     resp
 }

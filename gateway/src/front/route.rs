@@ -66,7 +66,8 @@ pub fn route(host: Option<&str>, path: &str, domain: &str) -> Result<Route, Rout
         .filter(|label| !label.contains('.'))
         .ok_or_else(unknown)?;
     let mut parts = label.split("--");
-    let (Some(user), Some(space), Some(target), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(user), Some(space), Some(target), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(unknown());
     };
@@ -81,9 +82,15 @@ pub fn route(host: Option<&str>, path: &str, domain: &str) -> Result<Route, Rout
 fn path_route(path: &str) -> Result<Route, RouteError> {
     let unknown = || RouteError::UnknownPath(path.to_owned());
     let path = path.split('?').next().unwrap_or_default();
-    let segments: Vec<&str> = path.trim_start_matches('/').trim_end_matches('/').split('/').collect();
+    let segments: Vec<&str> = path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
     match segments.as_slice() {
-        ["ssh", user, space] => Ok(Route::Ssh { space: space_key(user, space).ok_or_else(unknown)? }),
+        ["ssh", user, space] => Ok(Route::Ssh {
+            space: space_key(user, space).ok_or_else(unknown)?,
+        }),
         ["tcp", user, space, port] => Ok(Route::Tcp {
             space: space_key(user, space).ok_or_else(unknown)?,
             port: parse_port(port).ok_or_else(unknown)?,
@@ -96,7 +103,9 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
 }
 
 /// A port number 1 to 65535, digits only (no sign, no leading zero).
@@ -116,7 +125,9 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--")
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn space_key(user: &str, space: &str) -> Option<SpaceKey> {
@@ -130,7 +141,10 @@ mod tests {
     use super::*;
 
     fn key(u: &str, s: &str) -> SpaceKey {
-        SpaceKey { user: u.into(), space: s.into() }
+        SpaceKey {
+            user: u.into(),
+            space: s.into(),
+        }
     }
 
     #[test]
@@ -138,21 +152,43 @@ mod tests {
         let d = "example.dev";
         assert_eq!(
             route(Some("alice--web--8080.example.dev"), "/", d),
-            Ok(Route::Port { space: key("alice", "web"), port: 8080 })
+            Ok(Route::Port {
+                space: key("alice", "web"),
+                port: 8080
+            })
         );
-        assert_eq!(route(Some("Alice--Web--VNC.example.dev:443"), "/x", d), Ok(Route::Vnc { space: key("alice", "web") }));
+        assert_eq!(
+            route(Some("Alice--Web--VNC.example.dev:443"), "/x", d),
+            Ok(Route::Vnc {
+                space: key("alice", "web")
+            })
+        );
     }
 
     #[test]
     fn path_routes() {
         let d = "example.dev";
-        assert_eq!(route(Some("example.dev:8443"), "/ssh/alice/web", d), Ok(Route::Ssh { space: key("alice", "web") }));
+        assert_eq!(
+            route(Some("example.dev:8443"), "/ssh/alice/web", d),
+            Ok(Route::Ssh {
+                space: key("alice", "web")
+            })
+        );
         assert_eq!(
             route(Some("example.dev"), "/tcp/alice/web/5432?access_token=x", d),
-            Ok(Route::Tcp { space: key("alice", "web"), port: 5432 })
+            Ok(Route::Tcp {
+                space: key("alice", "web"),
+                port: 5432
+            })
         );
-        assert!(matches!(route(Some("example.dev"), "/", d), Err(RouteError::UnknownPath(_))));
-        assert!(matches!(route(Some("example.dev"), "/tcp/alice/web/0", d), Err(RouteError::UnknownPath(_))));
+        assert!(matches!(
+            route(Some("example.dev"), "/", d),
+            Err(RouteError::UnknownPath(_))
+        ));
+        assert!(matches!(
+            route(Some("example.dev"), "/tcp/alice/web/0", d),
+            Err(RouteError::UnknownPath(_))
+        ));
     }
 
     #[test]
@@ -170,7 +206,10 @@ mod tests {
             "evil-example.dev",
             "a--b--80.evilexample.dev",
         ] {
-            assert!(matches!(route(Some(host), "/", d), Err(RouteError::UnknownHost(..))), "{host}");
+            assert!(
+                matches!(route(Some(host), "/", d), Err(RouteError::UnknownHost(..))),
+                "{host}"
+            );
         }
         assert_eq!(route(None, "/", d), Err(RouteError::NoHost));
     }

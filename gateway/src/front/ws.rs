@@ -14,7 +14,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument, Span};
@@ -32,27 +34,53 @@ const READ_BUFFER: usize = 60 * 1024;
 /// section 4.2.1), before any stream to the space is opened.
 pub(super) fn check_upgrade(req: &Request<Incoming>) -> Result<(), Response<Body>> {
     let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-            v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
-    if req.method() != http::Method::GET || !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
-        return Err(reply::text(StatusCode::BAD_REQUEST, "this route takes a websocket upgrade (GET with Upgrade: websocket)"));
+    if req.method() != http::Method::GET
+        || !has(header::UPGRADE, "websocket")
+        || !has(header::CONNECTION, "upgrade")
+    {
+        return Err(reply::text(
+            StatusCode::BAD_REQUEST,
+            "this route takes a websocket upgrade (GET with Upgrade: websocket)",
+        ));
     }
-    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut resp = reply::text(StatusCode::UPGRADE_REQUIRED, "websocket version 13 is required");
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut resp = reply::text(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket version 13 is required",
+        );
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Err(resp);
     }
     if !req.headers().contains_key(header::SEC_WEBSOCKET_KEY) {
-        return Err(reply::text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing"));
+        return Err(reply::text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key is missing",
+        ));
     }
     Ok(())
 }
 
 /// Answers 101 and relays between the upgraded connection and `stream`.
 pub(super) fn accept(mut req: Request<Incoming>, stream: DataStream, span: Span) -> Response<Body> {
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())).unwrap_or_default();
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
     let wants_binary = req
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -70,15 +98,24 @@ pub(super) fn accept(mut req: Request<Incoming>, stream: DataStream, span: Span)
     );
 
     let mut resp = reply::text(StatusCode::SWITCHING_PROTOCOLS, "");
-    *resp.body_mut() = BodyExt::boxed(BodyExt::map_err(Empty::<Bytes>::new(), |never| match never {}));
+    *resp.body_mut() = BodyExt::boxed(BodyExt::map_err(
+        Empty::<Bytes>::new(),
+        |never| match never {},
+    ));
     let h = resp.headers_mut();
     h.remove(header::CONTENT_TYPE);
     h.remove(header::CACHE_CONTROL);
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&key).expect("base64 is a valid header value"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+    );
     if wants_binary {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("binary"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("binary"),
+        );
     }
     resp
 }
@@ -93,8 +130,11 @@ enum Ended {
 }
 
 async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut source) = ws.split();
     let DataStream { mut send, mut recv } = stream;
 
@@ -130,7 +170,10 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
                     break Ok(Ended::HalfClose);
                 }
                 Ok(n) => {
-                    if let Err(e) = sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await {
+                    if let Err(e) = sink
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                    {
                         break Err(e.to_string());
                     }
                 }
@@ -159,8 +202,17 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
         recv.stop();
         send.reset();
     }
-    let code = if up.is_ok() && down.is_ok() { CloseCode::Normal } else { CloseCode::Error };
+    let code = if up.is_ok() && down.is_ok() {
+        CloseCode::Normal
+    } else {
+        CloseCode::Error
+    };
     debug!(?up, ?down, "websocket relay done");
-    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: "".into() }))).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: "".into(),
+        })))
+        .await;
     let _ = sink.close().await;
 }

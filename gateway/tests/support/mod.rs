@@ -2,6 +2,10 @@
 //! agent binaries started as processes exactly as a user starts them.
 
 #![allow(dead_code)]
+// Test support: a failed unwrap is a failed test with a backtrace.
+#![allow(clippy::unwrap_used)]
+// Real processes run on the real clock; tokio's pausable time does not apply.
+#![allow(clippy::disallowed_methods)]
 
 pub mod servers;
 pub mod ws;
@@ -25,7 +29,11 @@ pub fn gateway_bin() -> PathBuf {
 /// The `agent-link` binary, built beside `gateway` by the same workspace build.
 pub fn agent_bin() -> PathBuf {
     let path = gateway_bin().with_file_name("agent-link");
-    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -55,7 +63,13 @@ impl Gateway {
             .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("start gateway");
-        let mut gw = Gateway { child, dir, agent_port, public_port, fingerprint: String::new() };
+        let mut gw = Gateway {
+            child,
+            dir,
+            agent_port,
+            public_port,
+            fingerprint: String::new(),
+        };
         let banner = gw.wait_for_file("stdout.log", "fingerprint", 1);
         gw.fingerprint = banner
             .lines()
@@ -88,7 +102,10 @@ impl Gateway {
 
     /// `https://HOST_LABEL.gateway.localhost:PORT`.
     pub fn space_url(&self, label: &str, path: &str) -> String {
-        format!("https://{label}.gateway.localhost:{}{path}", self.public_port)
+        format!(
+            "https://{label}.gateway.localhost:{}{path}",
+            self.public_port
+        )
     }
 
     /// Runs the gateway binary's tools against this data directory.
@@ -102,7 +119,11 @@ impl Gateway {
 
     fn tool_stdout(&self, args: &[&str]) -> String {
         let out = self.tool(args);
-        assert!(out.status.success(), "gateway {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -122,7 +143,16 @@ impl Gateway {
 
     /// A user token with explicit services.
     pub fn user_token_for(&self, user: &str, space: &str, services: &str) -> String {
-        self.tool_stdout(&["token", "user", "--user", user, "--space", space, "--service", services])
+        self.tool_stdout(&[
+            "token",
+            "user",
+            "--user",
+            user,
+            "--space",
+            space,
+            "--service",
+            services,
+        ])
     }
 
     /// The gateway's log so far.
@@ -142,7 +172,11 @@ impl Gateway {
             if text.matches(needle).count() >= count {
                 return text;
             }
-            assert!(Instant::now() < deadline, "gateway never logged {needle:?} ({count}x); log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway never logged {needle:?} ({count}x); log:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -194,7 +228,10 @@ impl Agent {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,agent_link=debug")
-            .env("KNOT_AGENT_ENDPOINT", format!("127.0.0.1:{}", gw.agent_port))
+            .env(
+                "KNOT_AGENT_ENDPOINT",
+                format!("127.0.0.1:{}", gw.agent_port),
+            )
             .env("KNOT_AGENT_GATEWAY_FINGERPRINT", &gw.fingerprint)
             .env("KNOT_AGENT_TOKEN", token)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -238,7 +275,12 @@ pub fn registered(user: &str, space: &str) -> String {
 /// Runs `curl` with the gateway's CA and returns its output.
 pub fn curl(gw: &Gateway, args: &[&str]) -> Output {
     Command::new("curl")
-        .args(["--silent", "--show-error", "--cacert", gw.cacert().to_str().unwrap()])
+        .args([
+            "--silent",
+            "--show-error",
+            "--cacert",
+            gw.cacert().to_str().unwrap(),
+        ])
         .args(args)
         .output()
         .expect("curl is installed by scripts/install-test-deps.sh")

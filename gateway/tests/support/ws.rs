@@ -19,19 +19,35 @@ pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 /// Opens `url` (a `wss://` URL under the gateway's domain) with an optional bearer
 /// token and subprotocol. An HTTP refusal comes back as `Err(status)`.
-pub async fn connect(gw: &Gateway, url: &str, token: Option<&str>, protocol: Option<&str>) -> Result<Ws, u16> {
+pub async fn connect(
+    gw: &Gateway,
+    url: &str,
+    token: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<Ws, u16> {
     let mut request = url.into_client_request().unwrap();
     if let Some(t) = token {
-        request.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     if let Some(p) = protocol {
-        request.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", p.parse().unwrap());
     }
     let host = request.uri().host().unwrap().to_owned();
-    let tcp = TcpStream::connect(("127.0.0.1", gw.public_port)).await.unwrap();
-    let config = Trust::CaFile(gw.cacert()).client_config(&[b"http/1.1"]).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", gw.public_port))
+        .await
+        .unwrap();
+    let config = Trust::CaFile(gw.cacert())
+        .client_config(&[b"http/1.1"])
+        .unwrap();
     let name = rustls::pki_types::ServerName::try_from(host).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     match tokio_tungstenite::client_async(request, tls).await {
         Ok((ws, _)) => Ok(ws),
         Err(Error::Http(resp)) => Err(resp.status().as_u16()),
@@ -48,7 +64,10 @@ pub struct ByteStream {
 
 impl ByteStream {
     pub fn new(ws: Ws) -> Self {
-        Self { ws, pending: VecDeque::new() }
+        Self {
+            ws,
+            pending: VecDeque::new(),
+        }
     }
 
     /// Exactly `n` bytes, across as many messages as it takes.
@@ -65,6 +84,9 @@ impl ByteStream {
 
     /// Sends bytes as one binary message.
     pub async fn write(&mut self, bytes: &[u8]) {
-        self.ws.send(Message::Binary(bytes.to_vec().into())).await.unwrap();
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .unwrap();
     }
 }
