@@ -1,16 +1,21 @@
-//! The agent listener: accepts links, checks the `Hello`, registers the space, and
-//! runs the control loop until the link ends.
+//! The agent listener: accepts links on QUIC and on TLS/TCP, checks the `Hello`,
+//! registers the space, and runs the control loop until the link ends.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use agent_link::io::{send_control, ControlReader, ReadError};
-use agent_link::proto::{ControlMessage, RejectReason, Service, PROTOCOL_VERSION};
+use agent_link::proto::{ControlMessage, RejectReason, Service, ALPN_MUX, PROTOCOL_VERSION};
+use agent_link::transport::mux::MuxLink;
 use agent_link::transport::{Link, RecvHalf, SendHalf};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::{AgentClaims, TokenError, Verifier};
+use crate::front::route::space_key;
 use crate::registry::{Entry, Registry, SpaceKey};
 
 /// What the agent listener needs.
@@ -62,43 +67,81 @@ impl AgentListener {
         }
     }
 
-    /// Runs one link from handshake to end.
-    async fn serve_link(&self, link: Link) {
-        match self.register(&link).await {
-            Ok(()) => {}
-            Err(e) => {
-                info!(error = %e, "link not registered");
-                // Give the Reject a moment to be delivered before the close cuts it.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                link.close("not registered");
-            }
+    /// Accepts TLS/TCP links (yamux) on the same port number as QUIC.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    warn!(error = %e, "agent listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (this, acceptor) = (self.clone(), acceptor.clone());
+            let span = info_span!("link", agent.addr = %addr, transport = "tcp");
+            tokio::spawn(
+                async move {
+                    match tokio::time::timeout(this.hello_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(ALPN_MUX) => {
+                            this.serve_link(Link::Mux(MuxLink::new(tls, true, addr)))
+                                .await
+                        }
+                        Ok(Ok(_)) => debug!("TLS link without the agent-link-mux ALPN"),
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                }
+                .instrument(span),
+            );
         }
     }
 
+    /// Runs one link from handshake to end.
+    async fn serve_link(&self, link: Link) {
+        if let Err(e) = self.register(&link).await {
+            info!(error = %e, "link not registered");
+            // Give the Reject a moment to be delivered before the close cuts it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        link.close("link ended");
+    }
+
     async fn register(&self, link: &Link) -> Result<(), LinkEnd> {
-        // 1. The agent's first stream is the control stream; its first message is Hello.
-        let stream = tokio::time::timeout(self.hello_timeout, link.accept()).await;
-        let Ok(Some(stream)) = stream else {
+        // 1. The agent's first stream is the control stream; its first message is
+        //    Hello. Both must arrive within one deadline.
+        let deadline = Instant::now() + self.hello_timeout;
+        let Ok(Some(stream)) = tokio::time::timeout_at(deadline, link.accept()).await else {
             return Err(LinkEnd::NoControlStream);
         };
-        let (mut send, recv) = (stream.send, stream.recv);
-        let mut control = ControlReader::new(recv);
-        let hello = match control.next_within(self.hello_timeout).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => {
+        let (mut send, mut control) = (stream.send, ControlReader::new(stream.recv));
+        let hello = match tokio::time::timeout_at(deadline, control.next()).await {
+            Ok(Ok(Some(msg))) => msg,
+            Ok(Ok(None)) => {
                 return Err(LinkEnd::Protocol(
                     "control stream ended before Hello".into(),
                 ))
             }
-            Err(e) => {
-                let message = format!("expected Hello: {e}");
-                reject(&mut send, RejectReason::Protocol, &message).await;
+            Ok(Err(e)) => {
+                reject(
+                    &mut send,
+                    RejectReason::Protocol,
+                    &format!("expected Hello: {e}"),
+                )
+                .await;
                 return Err(e.into());
+            }
+            Err(_) => {
+                reject(&mut send, RejectReason::Protocol, "no Hello in time").await;
+                return Err(LinkEnd::NoControlStream);
             }
         };
 
         // 2. Version and token; the space's identity comes from the token alone.
-        let (claims, services) = match self.check_hello(hello) {
+        let (key, claims, services) = match self.check_hello(hello) {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 reject(&mut send, reason, &message).await;
@@ -106,21 +149,17 @@ impl AgentListener {
             }
         };
 
-        // 3. Register, replacing any older link of the same space.
-        let key = SpaceKey {
-            user: claims.usr.clone(),
-            space: claims.spc.clone(),
-        };
+        // 3. Welcome, then register, replacing any older link of the same space. The
+        //    old one is told to go away and keeps its open streams until they end.
         let session = self.registry.next_session();
         let (control_tx, control_rx) = mpsc::channel(8);
-        let entry = Arc::new(Entry {
+        let entry = Arc::new(Entry::new(
             session,
-            space_id: claims.sub.clone(),
-            link: link.clone(),
-            services: std::sync::RwLock::new(services),
-            control: control_tx,
-            since: SystemTime::now(),
-        });
+            claims.sub.clone(),
+            link.clone(),
+            services,
+            control_tx,
+        ));
         let welcome = ControlMessage::Welcome {
             version: PROTOCOL_VERSION,
             session: session.0,
@@ -132,12 +171,13 @@ impl AgentListener {
         };
         send_control(&mut send, &welcome).await?;
         if let Some(old) = self.registry.insert(key.clone(), entry.clone()) {
-            info!(space = %key, old_session = %old.session, new_session = %session, "link replaced by a newer one");
+            info!(space = %key, old_session = %old.session, old_transport = old.link.kind().as_str(), new_session = %session, "link replaced by a newer one");
             let _ = old.control.try_send(ControlMessage::GoAway {
                 reason: "replaced by a newer link".into(),
             });
         }
         info!(space = %key, space_id = %claims.sub, %session, transport = link.kind().as_str(), "space registered");
+        tokio::spawn(refuse_agent_streams(link.clone()));
 
         // 4. The control loop, then cleanup unless a newer link already took over.
         let span = info_span!("space", space = %key, %session);
@@ -145,17 +185,22 @@ impl AgentListener {
             .control_loop(&entry, send, control, control_rx)
             .instrument(span)
             .await;
+        let reason = end
+            .as_ref()
+            .err()
+            .map_or_else(|| "closed".to_owned(), ToString::to_string);
         if self.registry.remove(&key, session) {
-            info!(space = %key, %session, reason = %end.as_ref().err().map_or("closed".to_owned(), |e| e.to_string()), "space unregistered");
+            info!(space = %key, %session, %reason, "space unregistered");
+        } else {
+            debug!(space = %key, %session, %reason, "replaced link ended");
         }
-        link.close("link ended");
         Ok(())
     }
 
     fn check_hello(
         &self,
         hello: ControlMessage,
-    ) -> Result<(AgentClaims, Vec<Service>), (RejectReason, String)> {
+    ) -> Result<(SpaceKey, AgentClaims, Vec<Service>), (RejectReason, String)> {
         let ControlMessage::Hello {
             version,
             token,
@@ -175,15 +220,24 @@ impl AgentListener {
             ));
         }
         let claims = self.verifier.agent(&token).map_err(|e| match e {
-            TokenError::Expired | TokenError::NotYetValid => {
-                (RejectReason::ExpiredToken, format!("agent token: {e}"))
-            }
+            TokenError::Expired => (RejectReason::ExpiredToken, format!("agent token: {e}")),
+            TokenError::NotYetValid => (RejectReason::NotYetValid, format!("agent token: {e}")),
             other => (RejectReason::BadToken, format!("agent token: {other}")),
         })?;
+        let Some(key) = space_key(&claims.usr, &claims.spc) else {
+            let message = format!(
+                "agent token names user {:?} and space {:?}, which cannot be routed: names are lower-case letters, digits, - and _",
+                claims.usr, claims.spc
+            );
+            return Err((RejectReason::BadToken, message));
+        };
         debug!(agent_version, services = services.len(), "hello");
-        Ok((claims, services))
+        Ok((key, claims, services))
     }
 
+    /// Answers and sends pings until the link ends or goes silent. After a `GoAway`
+    /// the loop goes on, so that the old link keeps serving its open streams, until
+    /// the agent closes it.
     async fn control_loop(
         &self,
         entry: &Entry,
@@ -193,15 +247,20 @@ impl AgentListener {
     ) -> Result<(), LinkEnd> {
         let mut ticker = tokio::time::interval(self.ping_interval);
         let silence_limit = self.ping_interval * 3;
-        let mut last_heard = tokio::time::Instant::now();
+        let mut last_heard = Instant::now();
         let mut nonce = 0u64;
+        let mut ping_sent = Instant::now();
         loop {
             tokio::select! {
                 msg = control.next() => {
-                    last_heard = tokio::time::Instant::now();
+                    last_heard = Instant::now();
                     match msg? {
                         Some(ControlMessage::Ping { nonce }) => send_control(&mut send, &ControlMessage::Pong { nonce }).await?,
-                        Some(ControlMessage::Pong { .. }) => debug!(rtt = ?entry.link.rtt(), "pong"),
+                        Some(ControlMessage::Pong { nonce: n }) if n == nonce => {
+                            let rtt = entry.link.rtt().unwrap_or_else(|| ping_sent.elapsed());
+                            entry.rtt_micros.store(rtt.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+                        }
+                        Some(ControlMessage::Pong { .. }) => {}
                         Some(ControlMessage::ServicesUpdate { services }) => {
                             info!(count = services.len(), "services updated");
                             *entry.services.write().expect("services lock poisoned") = services;
@@ -210,23 +269,27 @@ impl AgentListener {
                         None => return Ok(()),
                     }
                 }
-                Some(msg) = outbox.recv() => {
-                    let going_away = matches!(msg, ControlMessage::GoAway { .. });
-                    send_control(&mut send, &msg).await?;
-                    if going_away {
-                        return Ok(());
-                    }
-                }
+                Some(msg) = outbox.recv() => send_control(&mut send, &msg).await?,
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
                         return Err(LinkEnd::Silent(silence_limit));
                     }
                     nonce += 1;
+                    ping_sent = Instant::now();
                     send_control(&mut send, &ControlMessage::Ping { nonce }).await?;
                 }
                 _ = entry.link.closed() => return Ok(()),
             }
         }
+    }
+}
+
+/// Agents open only the control stream; any further stream they open is dropped at
+/// once so that it cannot pile up unread.
+async fn refuse_agent_streams(link: Link) {
+    while let Some(mut stream) = link.accept().await {
+        debug!("agent opened an unexpected stream; resetting it");
+        stream.reset();
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agent_link::proto::ALPN_QUIC;
+use agent_link::proto::{ALPN_MUX, ALPN_QUIC};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -73,7 +73,14 @@ impl Identity {
         Ok(Arc::new(config))
     }
 
-    /// Agent links: TLS 1.3 only, ALPN `agent-link/1`.
+    /// Agent links over TCP: TLS 1.3 only, ALPN `agent-link-mux/1`.
+    pub fn agent_listener_tcp(&self) -> Result<Arc<ServerConfig>, CertError> {
+        let mut config = self.agent_listener()?;
+        config.alpn_protocols = vec![ALPN_MUX.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Agent links over QUIC: TLS 1.3 only, ALPN `agent-link/1`.
     pub fn agent_listener(&self) -> Result<ServerConfig, CertError> {
         let mut config = ServerConfig::builder_with_provider(agent_link::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?

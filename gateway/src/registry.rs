@@ -51,9 +51,30 @@ pub struct Entry {
     pub control: mpsc::Sender<ControlMessage>,
     /// When the link registered.
     pub since: SystemTime,
+    /// The last measured round-trip time of the link, microseconds (0: not yet).
+    pub rtt_micros: AtomicU64,
 }
 
 impl Entry {
+    /// A freshly registered link.
+    pub fn new(
+        session: SessionId,
+        space_id: String,
+        link: Link,
+        services: Vec<Service>,
+        control: mpsc::Sender<ControlMessage>,
+    ) -> Self {
+        Self {
+            session,
+            space_id,
+            link,
+            services: RwLock::new(services),
+            control,
+            since: SystemTime::now(),
+            rtt_micros: AtomicU64::new(0),
+        }
+    }
+
     /// The service on `port`, if the space offers it.
     pub fn service(&self, port: u16) -> Option<Service> {
         self.services

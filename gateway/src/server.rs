@@ -51,6 +51,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &LinkTuning::gateway(),
     )
     .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
+    let agents_tcp = TcpListener::bind(config.agents.listen)
+        .await
+        .with_context(|| format!("cannot listen for agents on tcp/{}", config.agents.listen))?;
     let public = TcpListener::bind(config.public.listen)
         .await
         .with_context(|| format!("cannot listen on tcp/{}", config.public.listen))?;
@@ -78,7 +81,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_head_bytes: config.public.max_head_bytes,
         head_timeout: std::time::Duration::from_secs(config.public.head_timeout_secs.max(1)),
     });
-    tokio::spawn(agents.serve_quic(endpoint.clone()));
+    tokio::spawn(agents.clone().serve_quic(endpoint.clone()));
+    tokio::spawn(agents.serve_tcp(agents_tcp, identity.agent_listener_tcp()?));
     tokio::spawn(front::serve_tls(
         public,
         identity.front_door()?,
@@ -137,7 +141,7 @@ fn print_banner(config: &Config, identity: &Identity, cert: &Path) {
     let data = config.data_dir.display();
     println!(
         "space gateway {version} is running\n\
-         \n  agents link to    {agents} (QUIC)\
+         \n  agents link to    {agents} (QUIC on UDP, TLS on TCP)\
          \n  users connect to  https://{domain}:{port}  (spaces: https://USER--SPACE--PORT.{domain}:{port})\
          \n  certificate       {cert}\
          \n  fingerprint       {fp}\

@@ -10,7 +10,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use support::servers::{Nginx, TempDir};
-use support::{get, Agent, Gateway};
+use support::{get, Agent, Gateway, Transport};
 
 fn page_server() -> (TempDir, Nginx) {
     let root = TempDir::new("test-www");
@@ -38,12 +38,12 @@ fn a_space_that_is_not_connected_is_503_with_retry_after() {
     assert!(text.contains("not connected"), "{text}");
 }
 
-#[test]
-fn errors_for_ports_tokens_and_spaces() {
+fn errors_for_ports_tokens_and_spaces(transport: Transport) {
     let (_root, nginx) = page_server();
     let gw = Gateway::start();
     let _agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "web",
         &[("KNOT_HTTP_PORT", nginx.port().to_string())],
@@ -84,11 +84,16 @@ fn errors_for_ports_tokens_and_spaces() {
     );
 }
 
-#[test]
-fn a_port_offered_but_not_listening_is_502_with_the_reason() {
+fn a_port_offered_but_not_listening_is_502_with_the_reason(transport: Transport) {
     let gw = Gateway::start();
     let dead = support::servers::free_port();
-    let _agent = Agent::start(&gw, "alice", "web", &[("KNOT_HTTP_PORT", dead.to_string())]);
+    let _agent = Agent::start(
+        &gw,
+        transport,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", dead.to_string())],
+    );
     let token = gw.user_token("alice", &["alice--web"]);
     let (status, body) = get(
         &gw,
@@ -133,12 +138,12 @@ fn an_agent_token_signed_by_another_key_is_rejected_at_registration() {
     assert_eq!(status, 503, "the space was not registered");
 }
 
-#[test]
-fn garbage_on_the_public_port_does_not_stop_the_next_good_request() {
+fn garbage_on_the_public_port_does_not_stop_the_next_good_request(transport: Transport) {
     let (_root, nginx) = page_server();
     let mut gw = Gateway::start();
     let _agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "web",
         &[("KNOT_HTTP_PORT", nginx.port().to_string())],
@@ -187,8 +192,7 @@ fn garbage_on_the_public_port_does_not_stop_the_next_good_request() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
-#[test]
-fn garbage_on_the_agent_port_does_not_stop_the_next_agent() {
+fn garbage_on_the_agent_port_does_not_stop_the_next_agent(transport: Transport) {
     let (_root, nginx) = page_server();
     let mut gw = Gateway::start();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -204,6 +208,7 @@ fn garbage_on_the_agent_port_does_not_stop_the_next_agent() {
 
     let _agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "web",
         &[("KNOT_HTTP_PORT", nginx.port().to_string())],
@@ -217,3 +222,10 @@ fn garbage_on_the_agent_port_does_not_stop_the_next_agent() {
     );
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
+
+on_both_transports!(
+    errors_for_ports_tokens_and_spaces,
+    a_port_offered_but_not_listening_is_502_with_the_reason,
+    garbage_on_the_public_port_does_not_stop_the_next_good_request,
+    garbage_on_the_agent_port_does_not_stop_the_next_agent,
+);

@@ -6,7 +6,7 @@
 mod support;
 
 use support::servers::{sha256_file, write_random_file, Nginx, TempDir};
-use support::{curl, get, Agent, Gateway};
+use support::{curl, get, Agent, Gateway, Transport};
 
 struct Setup {
     gw: Gateway,
@@ -16,7 +16,7 @@ struct Setup {
     port: u16,
 }
 
-fn setup() -> Setup {
+fn setup(transport: Transport) -> Setup {
     let root = TempDir::new("test-www");
     std::fs::write(
         root.path().join("index.html"),
@@ -27,6 +27,7 @@ fn setup() -> Setup {
     let gw = Gateway::start();
     let agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "web",
         &[("KNOT_HTTP_PORT", nginx.port().to_string())],
@@ -41,9 +42,8 @@ fn setup() -> Setup {
     }
 }
 
-#[test]
-fn curl_gets_the_page_that_nginx_serves() {
-    let s = setup();
+fn curl_gets_the_page_that_nginx_serves(transport: Transport) {
+    let s = setup(transport);
     let token = s.gw.user_token("alice", &["alice--web"]);
     let (status, body) = get(
         &s.gw,
@@ -54,9 +54,8 @@ fn curl_gets_the_page_that_nginx_serves() {
     assert_eq!(body, "<h1>hello from the space</h1>\n");
 }
 
-#[test]
-fn a_256_mib_download_arrives_with_the_same_sha256() {
-    let s = setup();
+fn a_256_mib_download_arrives_with_the_same_sha256(transport: Transport) {
+    let s = setup(transport);
     let file = s.root.path().join("big.bin");
     write_random_file(&file, 256 << 20);
     let out_dir = TempDir::new("test-download");
@@ -83,9 +82,8 @@ fn a_256_mib_download_arrives_with_the_same_sha256() {
     assert_eq!(sha256_file(&out), sha256_file(&file));
 }
 
-#[test]
-fn three_requests_on_one_keep_alive_connection_all_succeed() {
-    let s = setup();
+fn three_requests_on_one_keep_alive_connection_all_succeed(transport: Transport) {
+    let s = setup(transport);
     let token = s.gw.user_token("alice", &["alice--web"]);
     let url =
         s.gw.space_url(&format!("alice--web--{}", s.port), "/index.html");
@@ -126,14 +124,14 @@ fn three_requests_on_one_keep_alive_connection_all_succeed() {
     );
 }
 
-#[test]
-fn a_public_port_needs_no_token_and_a_private_one_does() {
+fn a_public_port_needs_no_token_and_a_private_one_does(transport: Transport) {
     let root = TempDir::new("test-www");
     std::fs::write(root.path().join("index.html"), "public page\n").unwrap();
     let (public, private) = (Nginx::start(root.path()), Nginx::start(root.path()));
     let gw = Gateway::start();
     let _agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "web",
         &[
@@ -157,3 +155,10 @@ fn a_public_port_needs_no_token_and_a_private_one_does() {
     );
     assert_eq!(status, 401);
 }
+
+on_both_transports!(
+    curl_gets_the_page_that_nginx_serves,
+    a_256_mib_download_arrives_with_the_same_sha256,
+    three_requests_on_one_keep_alive_connection_all_succeed,
+    a_public_port_needs_no_token_and_a_private_one_does,
+);

@@ -9,7 +9,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 
 use support::servers::{sha256_file, write_random_file, Sshd, TempDir};
-use support::{Agent, Gateway};
+use support::{Agent, Gateway, Transport};
 
 struct Setup {
     gw: Gateway,
@@ -18,11 +18,12 @@ struct Setup {
     token: String,
 }
 
-fn setup() -> Setup {
+fn setup(transport: Transport) -> Setup {
     let sshd = Sshd::start();
     let gw = Gateway::start();
     let agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "dev",
         &[("KNOT_SSH_PORT", sshd.port().to_string())],
@@ -58,9 +59,8 @@ impl Setup {
     }
 }
 
-#[test]
-fn ssh_runs_a_command_and_returns_its_output() {
-    let s = setup();
+fn ssh_runs_a_command_and_returns_its_output(transport: Transport) {
+    let s = setup(transport);
     let out = s.ssh("echo hello from $((40 + 2))", Stdio::null());
     assert!(
         out.status.success(),
@@ -71,9 +71,8 @@ fn ssh_runs_a_command_and_returns_its_output() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from 42\n");
 }
 
-#[test]
-fn scp_of_a_64_mib_file_arrives_with_the_same_sha256() {
-    let s = setup();
+fn scp_of_a_64_mib_file_arrives_with_the_same_sha256(transport: Transport) {
+    let s = setup(transport);
     let dir = TempDir::new("test-scp");
     let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
     write_random_file(&src, 64 << 20);
@@ -92,9 +91,8 @@ fn scp_of_a_64_mib_file_arrives_with_the_same_sha256() {
     assert_eq!(sha256_file(&dst), sha256_file(&src));
 }
 
-#[test]
-fn ssh_cat_stores_the_whole_file_when_the_client_half_closes_first() {
-    let s = setup();
+fn ssh_cat_stores_the_whole_file_when_the_client_half_closes_first(transport: Transport) {
+    let s = setup(transport);
     let dir = TempDir::new("test-cat");
     let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
     write_random_file(&src, 8 << 20);
@@ -107,3 +105,9 @@ fn ssh_cat_stores_the_whole_file_when_the_client_half_closes_first() {
     );
     assert_eq!(sha256_file(&dst), sha256_file(&src));
 }
+
+on_both_transports!(
+    ssh_runs_a_command_and_returns_its_output,
+    scp_of_a_64_mib_file_arrives_with_the_same_sha256,
+    ssh_cat_stores_the_whole_file_when_the_client_half_closes_first,
+);

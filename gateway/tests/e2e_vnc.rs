@@ -8,14 +8,24 @@ mod support;
 
 use support::servers::VncDesktop;
 use support::ws::{connect, ByteStream};
-use support::{Agent, Gateway};
+use support::{Agent, Gateway, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_client_gets_a_framebuffer_update_from_the_desktop() {
+async fn websocket_client_gets_a_framebuffer_update_from_the_desktop_over_quic() {
+    framebuffer_update(Transport::Quic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_gets_a_framebuffer_update_from_the_desktop_over_tcp() {
+    framebuffer_update(Transport::Tcp).await
+}
+
+async fn framebuffer_update(transport: Transport) {
     let desktop = VncDesktop::start();
     let gw = Gateway::start();
     let _agent = Agent::start(
         &gw,
+        transport,
         "alice",
         "desk",
         &[("KNOT_VNC_HTTP_PORT", desktop.websockify_port().to_string())],

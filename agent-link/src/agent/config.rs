@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -68,6 +69,40 @@ pub struct AgentConfig {
     /// The TLS server name to verify; defaults to the endpoint's host.
     #[arg(long, env = "KNOT_AGENT_SERVER_NAME")]
     pub server_name: Option<String>,
+
+    /// Which transport to use: `auto` tries QUIC and falls back to TLS over TCP (and
+    /// keeps probing QUIC to move back), `quic` or `tcp` use only that one.
+    #[arg(long, env = "KNOT_AGENT_TRANSPORT", value_enum, default_value_t = TransportMode::Auto)]
+    pub transport: TransportMode,
+
+    /// How long a QUIC connection attempt may take before `auto` falls back to TCP.
+    #[arg(long, env = "KNOT_AGENT_QUIC_TIMEOUT", value_parser = parse_secs, default_value = "3")]
+    pub quic_timeout: Duration,
+
+    /// While on TCP in `auto`, how often to try QUIC again (seconds; jittered).
+    #[arg(long, env = "KNOT_AGENT_QUIC_PROBE_INTERVAL", value_parser = parse_secs, default_value = "10")]
+    pub quic_probe_interval: Duration,
+}
+
+/// The agent's choice of transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportMode {
+    /// QUIC first, TLS over TCP when QUIC does not connect, and back to QUIC when it does.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP with yamux only.
+    Tcp,
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("{text} seconds is outside 0.1 to 3600"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The configuration cannot work.
@@ -88,7 +123,7 @@ pub enum ConfigError {
     /// A public port that is not an HTTP port.
     #[error("public port {0} is not one of the HTTP ports")]
     PublicNotHttp(u16),
-    /// The same port declared twice with different kinds.
+    /// The same port declared twice.
     #[error("port {0} is declared twice")]
     DuplicatePort(u16),
 }

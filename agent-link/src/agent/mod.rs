@@ -3,9 +3,10 @@
 
 mod backoff;
 mod config;
+mod connect;
 mod serve;
 mod session;
 
 pub use backoff::Backoff;
-pub use config::{AgentConfig, ConfigError};
+pub use config::{AgentConfig, ConfigError, TransportMode};
 pub use session::{run, RunError};

@@ -93,6 +93,8 @@ pub enum RejectReason {
     Protocol,
     /// The gateway is draining or at its link limit.
     Unavailable,
+    /// The token's validity starts later (the clocks disagree, or it was minted for later).
+    NotYetValid,
 }
 
 impl RejectReason {
@@ -103,6 +105,7 @@ impl RejectReason {
             Self::Version => 3,
             Self::Protocol => 4,
             Self::Unavailable => 5,
+            Self::NotYetValid => 6,
         }
     }
 
@@ -113,6 +116,7 @@ impl RejectReason {
             3 => Self::Version,
             4 => Self::Protocol,
             5 => Self::Unavailable,
+            6 => Self::NotYetValid,
             other => {
                 return Err(DecodeError::InvalidValue {
                     field: "reject reason",

@@ -3,6 +3,7 @@
 //! A [`Link`] opens and accepts [`DataStream`]s; a data stream is a pair of halves that
 //! read and write bytes with half-close. Routing and the relay use only these types.
 
+pub mod mux;
 pub mod quic;
 
 use std::io;
@@ -11,7 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+
+use mux::{MuxLink, MuxStream};
 
 use crate::proto::StreamClass;
 
@@ -20,6 +23,8 @@ use crate::proto::StreamClass;
 pub enum TransportKind {
     /// QUIC (ALPN `agent-link/1`).
     Quic,
+    /// TLS over TCP with yamux (ALPN `agent-link-mux/1`).
+    Tcp,
 }
 
 impl TransportKind {
@@ -27,6 +32,7 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Quic => "quic",
+            Self::Tcp => "tcp",
         }
     }
 }
@@ -37,6 +43,9 @@ pub enum LinkError {
     /// The QUIC connection ended or refused the stream.
     #[error("link closed: {0}")]
     Quic(#[from] quinn::ConnectionError),
+    /// The yamux connection ended.
+    #[error("link closed: {0}")]
+    Mux(#[from] yamux::ConnectionError),
 }
 
 /// One agent's link to the gateway.
@@ -44,6 +53,8 @@ pub enum LinkError {
 pub enum Link {
     /// A QUIC connection.
     Quic(quinn::Connection),
+    /// yamux over TLS over TCP.
+    Mux(MuxLink),
 }
 
 impl Link {
@@ -57,6 +68,7 @@ impl Link {
                     recv: RecvHalf::Quic(recv),
                 })
             }
+            Self::Mux(link) => Ok(DataStream::from_mux(link.open().await?)),
         }
     }
 
@@ -70,6 +82,7 @@ impl Link {
                     recv: RecvHalf::Quic(recv),
                 })
             }
+            Self::Mux(link) => link.accept().await.map(DataStream::from_mux),
         }
     }
 
@@ -79,6 +92,7 @@ impl Link {
             Self::Quic(conn) => {
                 conn.closed().await;
             }
+            Self::Mux(link) => link.closed().await,
         }
     }
 
@@ -86,6 +100,7 @@ impl Link {
     pub fn close(&self, reason: &str) {
         match self {
             Self::Quic(conn) => conn.close(0u32.into(), reason.as_bytes()),
+            Self::Mux(link) => link.close(),
         }
     }
 
@@ -93,13 +108,24 @@ impl Link {
     pub fn remote_addr(&self) -> SocketAddr {
         match self {
             Self::Quic(conn) => conn.remote_address(),
+            Self::Mux(link) => link.remote_addr(),
         }
     }
 
-    /// The transport's own round-trip estimate.
-    pub fn rtt(&self) -> Duration {
+    /// The transport's own round-trip estimate, where it keeps one (QUIC does; over
+    /// TCP the control stream's pings measure it).
+    pub fn rtt(&self) -> Option<Duration> {
         match self {
-            Self::Quic(conn) => conn.rtt(),
+            Self::Quic(conn) => Some(conn.rtt()),
+            Self::Mux(_) => None,
+        }
+    }
+
+    /// Identifies the link among this process's links of the same transport.
+    pub fn id(&self) -> (TransportKind, u64) {
+        match self {
+            Self::Quic(conn) => (TransportKind::Quic, conn.stable_id() as u64),
+            Self::Mux(link) => (TransportKind::Tcp, link.id()),
         }
     }
 
@@ -107,6 +133,7 @@ impl Link {
     pub fn kind(&self) -> TransportKind {
         match self {
             Self::Quic(_) => TransportKind::Quic,
+            Self::Mux(_) => TransportKind::Tcp,
         }
     }
 }
@@ -121,6 +148,14 @@ pub struct DataStream {
 }
 
 impl DataStream {
+    fn from_mux(stream: MuxStream) -> Self {
+        let (recv, send) = tokio::io::split(stream);
+        Self {
+            send: SendHalf::Mux(send),
+            recv: RecvHalf::Mux(recv),
+        }
+    }
+
     /// Sends this stream's bytes ahead of, or after, other streams on the same link.
     pub fn set_class(&mut self, class: StreamClass) {
         match &mut self.send {
@@ -131,6 +166,8 @@ impl DataStream {
                 };
                 let _ = s.set_priority(priority);
             }
+            // yamux has no priorities; it sends frames in the order they are written.
+            SendHalf::Mux(_) => {}
         }
     }
 
@@ -147,6 +184,8 @@ impl DataStream {
 pub enum SendHalf {
     /// A QUIC send stream.
     Quic(quinn::SendStream),
+    /// The writing half of a yamux stream.
+    Mux(WriteHalf<MuxStream>),
 }
 
 impl SendHalf {
@@ -156,6 +195,9 @@ impl SendHalf {
             Self::Quic(s) => {
                 let _ = s.reset(1u32.into());
             }
+            // yamux resets a stream that is dropped before it was closed; the halves
+            // are dropped right after this, so nothing more is needed here.
+            Self::Mux(_) => {}
         }
     }
 }
@@ -165,6 +207,8 @@ impl SendHalf {
 pub enum RecvHalf {
     /// A QUIC receive stream.
     Quic(quinn::RecvStream),
+    /// The reading half of a yamux stream.
+    Mux(ReadHalf<MuxStream>),
 }
 
 impl RecvHalf {
@@ -174,6 +218,7 @@ impl RecvHalf {
             Self::Quic(r) => {
                 let _ = r.stop(1u32.into());
             }
+            Self::Mux(_) => {}
         }
     }
 }
@@ -186,18 +231,21 @@ impl AsyncWrite for SendHalf {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(Into::into),
+            Self::Mux(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(s) => Pin::new(s).poll_flush(cx),
+            Self::Mux(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Mux(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -210,6 +258,7 @@ impl AsyncRead for RecvHalf {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Mux(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }

@@ -130,7 +130,8 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn space_key(user: &str, space: &str) -> Option<SpaceKey> {
+/// The space named by `user` and `space`, lower-cased, if both are valid names.
+pub fn space_key(user: &str, space: &str) -> Option<SpaceKey> {
     let user = user.to_ascii_lowercase();
     let space = space.to_ascii_lowercase();
     (valid_name(&user) && valid_name(&space)).then_some(SpaceKey { user, space })

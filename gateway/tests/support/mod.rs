@@ -204,6 +204,43 @@ impl Drop for Gateway {
     }
 }
 
+/// The link transport an agent is told to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC (`--transport quic`).
+    Quic,
+    /// TLS over TCP with yamux (`--transport tcp`).
+    Tcp,
+}
+
+impl Transport {
+    /// The `--transport` value and the gateway log's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Runs each named test function (taking a [`Transport`]) once per transport, as
+/// `NAME::quic` and `NAME::tcp`.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn quic() {
+                super::$name($crate::support::Transport::Quic)
+            }
+            #[test]
+            fn tcp() {
+                super::$name($crate::support::Transport::Tcp)
+            }
+        }
+    )*};
+}
+
 /// A running `agent-link`.
 #[derive(Debug)]
 pub struct Agent {
@@ -214,10 +251,18 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent for USER--SPACE with its services given as `KNOT_*` variables,
     /// and waits until the gateway has registered it.
-    pub fn start(gw: &Gateway, user: &str, space: &str, env: &[(&str, String)]) -> Agent {
-        let before = gw.log().matches(&registered(user, space)).count();
-        let agent = Self::spawn(gw, &gw.agent_token(user, space), env);
-        gw.wait_for_log(&registered(user, space), before + 1);
+    pub fn start(
+        gw: &Gateway,
+        transport: Transport,
+        user: &str,
+        space: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
+        let before = registrations(gw, user, space, transport);
+        let mut env = env.to_vec();
+        env.push(("KNOT_AGENT_TRANSPORT", transport.name().to_owned()));
+        let agent = Self::spawn(gw, &gw.agent_token(user, space), &env);
+        wait_for_registrations(gw, user, space, transport, before + 1, START_TIMEOUT);
         agent
     }
 
@@ -270,6 +315,39 @@ impl Drop for Agent {
 /// The gateway's log line fragment for a registration of USER--SPACE.
 pub fn registered(user: &str, space: &str) -> String {
     format!("space registered space={user}--{space} ")
+}
+
+/// How many registrations of USER--SPACE on `transport` the gateway has logged.
+pub fn registrations(gw: &Gateway, user: &str, space: &str, transport: Transport) -> usize {
+    let (prefix, suffix) = (
+        registered(user, space),
+        format!("transport=\"{}\"", transport.name()),
+    );
+    gw.log()
+        .lines()
+        .filter(|l| l.contains(&prefix) && l.contains(&suffix))
+        .count()
+}
+
+/// Waits until the gateway has logged `count` registrations of USER--SPACE on
+/// `transport`, for at most `limit`.
+pub fn wait_for_registrations(
+    gw: &Gateway,
+    user: &str,
+    space: &str,
+    transport: Transport,
+    count: usize,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    while registrations(gw, user, space, transport) < count {
+        assert!(
+            Instant::now() < deadline,
+            "no registration of {user}--{space} on {transport:?} within {limit:?}; log:\n{}",
+            gw.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs `curl` with the gateway's CA and returns its output.
