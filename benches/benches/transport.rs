@@ -25,7 +25,10 @@ const ROUNDS: usize = 5;
 fn main() {
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
     let (gateway, agent) = (bin.join("gateway"), bin.join("agent-link"));
-    assert!(gateway.exists() && agent.exists(), "build the release binaries first: cargo build --release --bins");
+    assert!(
+        gateway.exists() && agent.exists(),
+        "build the release binaries first: cargo build --release --bins"
+    );
 
     let source = serve_source();
     let data = std::env::temp_dir().join(format!("bench-transport-{}", std::process::id()));
@@ -44,7 +47,11 @@ fn main() {
     wait_port(plain_port);
     let fingerprint = cert_fingerprint(&gateway, &data);
     let tool = |args: &[&str]| {
-        let out = Command::new(&gateway).args(["--data-dir", data.to_str().unwrap()]).args(args).output().unwrap();
+        let out = Command::new(&gateway)
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let token = tool(&["token", "user", "--user", "bench", "--space", "bench--*"]);
@@ -54,7 +61,10 @@ fn main() {
             Command::new(&agent)
                 .env("KNOT_AGENT_ENDPOINT", format!("127.0.0.1:{agent_port}"))
                 .env("KNOT_AGENT_GATEWAY_FINGERPRINT", &fingerprint)
-                .env("KNOT_AGENT_TOKEN", tool(&["token", "agent", "--user", "bench", "--space", transport]))
+                .env(
+                    "KNOT_AGENT_TOKEN",
+                    tool(&["token", "agent", "--user", "bench", "--space", transport]),
+                )
                 .env("KNOT_AGENT_TRANSPORT", transport)
                 .env("KNOT_HTTP_PORT", source.to_string())
                 .stderr(Stdio::null())
@@ -64,20 +74,30 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(2));
 
-    println!("one stream, {} MiB per download, median of {ROUNDS}", SIZE >> 20);
+    println!(
+        "one stream, {} MiB per download, median of {ROUNDS}",
+        SIZE >> 20
+    );
     let direct = median(|| download(source, &format!("127.0.0.1:{source}"), None));
     println!("{:10} {:>9.0} MiB/s  ratio 1.00", "direct", direct);
     for transport in ["quic", "tcp"] {
         let host = format!("bench--{transport}--{source}.gateway.localhost");
         let rate = median(|| download(plain_port, &host, Some(&token)));
-        println!("{:10} {:>9.0} MiB/s  ratio {:.2}", format!("via {transport}"), rate, rate / direct);
+        println!(
+            "{:10} {:>9.0} MiB/s  ratio {:.2}",
+            format!("via {transport}"),
+            rate,
+            rate / direct
+        );
     }
     let _ = std::fs::remove_dir_all(&data);
 }
 
 /// Median MiB/s over `ROUNDS` downloads.
 fn median(mut f: impl FnMut() -> Duration) -> f64 {
-    let mut rates: Vec<f64> = (0..ROUNDS).map(|_| (SIZE as f64 / (1 << 20) as f64) / f().as_secs_f64()).collect();
+    let mut rates: Vec<f64> = (0..ROUNDS)
+        .map(|_| (SIZE as f64 / (1 << 20) as f64) / f().as_secs_f64())
+        .collect();
     rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
     rates[ROUNDS / 2]
 }
@@ -87,8 +107,14 @@ fn download(port: u16, host: &str, token: Option<&str>) -> Duration {
     let start = Instant::now();
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_nodelay(true).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(conn, "GET / HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        conn,
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut reader = BufReader::with_capacity(256 * 1024, conn);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -142,14 +168,21 @@ fn cert_fingerprint(gateway: &std::path::Path, data: &std::path::Path) -> String
     let cert = data.join("gateway.localhost.crt.pem");
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("openssl x509 -in {} -outform der | sha256sum | cut -d' ' -f1", cert.display()))
+        .arg(format!(
+            "openssl x509 -in {} -outform der | sha256sum | cut -d' ' -f1",
+            cert.display()
+        ))
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {

@@ -109,7 +109,7 @@ pub enum TokenError {
     #[error("the token is not valid yet")]
     NotYetValid,
     /// Meant for another audience (an agent token used as a user token, or the reverse).
-    #[error("the token is not a {expected} token")]
+    #[error("the token is not meant for this use (its audience is not {expected:?})")]
     WrongAudience {
         /// The audience required here.
         expected: &'static str,

@@ -27,7 +27,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentsConfig {
-    /// UDP (QUIC) address for agent links. Default `127.0.0.1:7443`.
+    /// Address for agent links: QUIC on UDP and TLS/TCP (yamux) on TCP, same port.
+    /// Default `127.0.0.1:7443`.
     pub listen: SocketAddr,
     /// Interval at which the gateway pings each agent, in seconds. Default 5.
     pub ping_interval_secs: u64,
@@ -194,8 +195,10 @@ impl Config {
 }
 
 fn default_data_dir() -> PathBuf {
+    // An empty or relative XDG_DATA_HOME is to be ignored (XDG Base Directory spec).
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("space-gateway")

@@ -33,8 +33,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
-    Run(RunArgs),
+    /// Run the gateway (the default). Its settings may come before or after `run`.
+    Run,
     /// Make a new Ed25519 key pair for signing and verifying tokens.
     Keygen {
         /// Directory for signing-key.pem and verify-key.pem (default: the data directory).
@@ -54,22 +54,22 @@ enum Command {
 #[derive(Debug, Clone, Default, clap::Args)]
 struct RunArgs {
     /// TOML configuration file.
-    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[arg(long, global = true, env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Agent listener address (UDP for QUIC).
-    #[arg(long, env = "GATEWAY_AGENT_LISTEN")]
+    /// Agent listener address: UDP for QUIC and TCP for TLS, on the same port.
+    #[arg(long, global = true, env = "GATEWAY_AGENT_LISTEN")]
     agent_listen: Option<std::net::SocketAddr>,
     /// Public TLS listener address.
-    #[arg(long, env = "GATEWAY_PUBLIC_LISTEN")]
+    #[arg(long, global = true, env = "GATEWAY_PUBLIC_LISTEN")]
     public_listen: Option<std::net::SocketAddr>,
     /// Public plain-HTTP listener address (TLS terminated by a load balancer).
-    #[arg(long, env = "GATEWAY_PLAIN_LISTEN")]
+    #[arg(long, global = true, env = "GATEWAY_PLAIN_LISTEN")]
     plain_listen: Option<std::net::SocketAddr>,
     /// The domain spaces are reached under.
-    #[arg(long, env = "GATEWAY_DOMAIN")]
+    #[arg(long, global = true, env = "GATEWAY_DOMAIN")]
     domain: Option<String>,
     /// The deployment's public key (PEM) for verifying tokens.
-    #[arg(long, env = "GATEWAY_PUBLIC_KEY")]
+    #[arg(long, global = true, env = "GATEWAY_PUBLIC_KEY")]
     public_key: Option<PathBuf>,
 }
 
@@ -136,20 +136,16 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let data_dir = cli.data_dir.clone();
+    // Every command finds the data directory the same way: flag, then the
+    // configuration file, then the default.
+    let config = config(cli.run, cli.data_dir)?;
+    let data_dir = config.data_dir.clone();
     match cli.command {
-        None => server::run(config(cli.run, data_dir)?).await,
-        Some(Command::Run(args)) => server::run(config(args, data_dir)?).await,
-        Some(Command::Keygen { out, force }) => {
-            keygen(out.unwrap_or_else(|| data_dir_or_default(data_dir)), force)
-        }
-        Some(Command::Token(cmd)) => token(cmd, data_dir_or_default(data_dir)),
-        Some(Command::Connect(args)) => connect::run(args, data_dir_or_default(data_dir)).await,
+        None | Some(Command::Run) => server::run(config).await,
+        Some(Command::Keygen { out, force }) => keygen(out.unwrap_or(data_dir), force),
+        Some(Command::Token(cmd)) => token(cmd, data_dir),
+        Some(Command::Connect(args)) => connect::run(args, data_dir).await,
     }
-}
-
-fn data_dir_or_default(dir: Option<PathBuf>) -> PathBuf {
-    dir.unwrap_or_else(|| Config::default().data_dir)
 }
 
 fn config(args: RunArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agent_link::io::{read_frame, write_frames};
+use agent_link::io::{read_frame, write_frames, ReadError};
 use agent_link::proto::{
     ClientAddr, RefuseReason, RequestId, StreamAnswer, StreamClass, StreamOpen,
 };
@@ -67,7 +67,8 @@ pub async fn open_stream(
 
     let body = match tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut stream.recv)).await {
         Err(_) => return Err(OpenError::Timeout),
-        Ok(Err(e)) => return Err(OpenError::Protocol(e.to_string())),
+        Ok(Err(ReadError::Decode(e))) => return Err(OpenError::Protocol(e.to_string())),
+        Ok(Err(e)) => return Err(OpenError::Link(e.to_string())),
         Ok(Ok(None)) => return Err(OpenError::Link("stream closed before the answer".into())),
         Ok(Ok(Some(body))) => body,
     };

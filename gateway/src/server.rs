@@ -112,17 +112,24 @@ fn verifying_key(config: &Config) -> anyhow::Result<VerifyingKey> {
     if let Some(path) = &config.auth.public_key {
         return Ok(VerifyingKey::load(path)?);
     }
+    // Development: the key pair in the data directory, made on first start. A data
+    // directory that holds only the public key (as production gateways should) is
+    // used as it is, never overwritten.
     let (private, public) = (
         signing_key_path(&config.data_dir),
         verifying_key_path(&config.data_dir),
     );
-    if !private.exists() {
-        let key = SigningKey::generate()?;
-        key.save(&private)?;
-        key.save_public(&public)?;
-        info!(path = %private.display(), "generated a development key pair");
+    if private.exists() {
+        return Ok(SigningKey::load(&private)?.verifying_key());
     }
-    Ok(SigningKey::load(&private)?.verifying_key())
+    if public.exists() {
+        return Ok(VerifyingKey::load(&public)?);
+    }
+    let key = SigningKey::generate()?;
+    key.save(&private)?;
+    key.save_public(&public)?;
+    info!(path = %private.display(), "generated a development key pair");
+    Ok(key.verifying_key())
 }
 
 async fn shutdown_signal() {

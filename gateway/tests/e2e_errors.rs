@@ -229,3 +229,49 @@ on_both_transports!(
     garbage_on_the_public_port_does_not_stop_the_next_good_request,
     garbage_on_the_agent_port_does_not_stop_the_next_agent,
 );
+
+/// Guards against a token reaching a service its grants exclude by naming the
+/// service's port on another route (the desktop by number, SSH through `/tcp`).
+#[test]
+fn the_service_reached_decides_the_grant_not_the_route() {
+    let gw = Gateway::start();
+    let (ssh, vnc) = (support::servers::free_port(), support::servers::free_port());
+    let _agent = Agent::start(
+        &gw,
+        Transport::Quic,
+        "alice",
+        "web",
+        &[
+            ("KNOT_SSH_PORT", ssh.to_string()),
+            ("KNOT_VNC_HTTP_PORT", vnc.to_string()),
+        ],
+    );
+    let http_only = gw.user_token_for("alice", "alice--web", "http");
+    let (status, body) = get(
+        &gw,
+        &gw.space_url(&format!("alice--web--{vnc}"), "/"),
+        Some(&http_only),
+    );
+    assert_eq!(
+        status, 403,
+        "an http grant opened the desktop by port: {body}"
+    );
+
+    let tcp_only = gw.user_token_for("alice", "alice--web", "tcp");
+    let (status, body) = get(
+        &gw,
+        &format!("{}/tcp/alice/web/{ssh}", gw.url()),
+        Some(&tcp_only),
+    );
+    assert_eq!(status, 403, "a tcp grant reached SSH: {body}");
+
+    // With the right grant the same request passes authorization and is refused only
+    // for not being a websocket upgrade.
+    let ssh_grant = gw.user_token_for("alice", "alice--web", "ssh");
+    let (status, _) = get(
+        &gw,
+        &format!("{}/tcp/alice/web/{ssh}", gw.url()),
+        Some(&ssh_grant),
+    );
+    assert_eq!(status, 400);
+}

@@ -123,6 +123,9 @@ pub enum ConfigError {
     /// A public port that is not an HTTP port.
     #[error("public port {0} is not one of the HTTP ports")]
     PublicNotHttp(u16),
+    /// The token cannot be a real token.
+    #[error("the agent token is {0} bytes; tokens are well under 8 KiB")]
+    TokenSize(usize),
     /// The same port declared twice.
     #[error("port {0} is declared twice")]
     DuplicatePort(u16),
@@ -183,6 +186,10 @@ impl AgentConfig {
             add("tcp", port, ServiceKind::Tcp, false);
         }
         validate(&out, &self.public_http_port)?;
+        // The Hello must fit in one 64 KiB frame with up to 256 services.
+        if self.token.is_empty() || self.token.len() > 8192 {
+            return Err(ConfigError::TokenSize(self.token.len()));
+        }
         Ok(out)
     }
 }

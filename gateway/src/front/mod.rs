@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_link::proto::{ClientAddr, ServiceKind, StreamClass};
+use agent_link::proto::{ClientAddr, Service, ServiceKind, StreamClass};
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use auth::{TOKEN_COOKIE, TOKEN_PARAM};
 pub use reply::Body;
@@ -54,8 +54,14 @@ pub struct Front {
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, front: Arc<Front>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else {
-            continue;
+        let (tcp, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                warn!(error = %e, "public listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, front) = (acceptor.clone(), front.clone());
@@ -76,8 +82,14 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, fr
 /// Accepts plain HTTP connections (TLS terminated in front of the gateway).
 pub async fn serve_plain(listener: TcpListener, front: Arc<Front>) {
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else {
-            continue;
+        let (tcp, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                warn!(error = %e, "public listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
@@ -124,6 +136,9 @@ async fn handle(
         .or(req.uri().host());
     let route = match route::route(host, req.uri().path(), &front.domain) {
         Ok(route) => route,
+        Err(e @ route::RouteError::NoHost) => {
+            return reply::text(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => return reply::text(StatusCode::NOT_FOUND, e.to_string()),
     };
     let client = ClientAddr(client);
@@ -151,14 +166,19 @@ async fn http_port(
             .as_ref()
             .is_some_and(|s| s.public && s.kind == ServiceKind::Http);
     if !public {
-        if let Err(resp) = authorize(&req, front, &space, Grant::Http) {
+        if let Err(resp) = authorize(
+            &req,
+            front,
+            &space,
+            grant_for(service.as_ref(), Grant::Http),
+        ) {
             return resp;
         }
     }
     let Some(entry) = entry else {
         return reply::not_connected(&space);
     };
-    match service.map(|s| s.kind) {
+    match service.as_ref().map(|s| s.kind) {
         Some(ServiceKind::Http | ServiceKind::Vnc) => {}
         Some(ServiceKind::Https) => {
             return reply::text(StatusCode::NOT_IMPLEMENTED, format!("port {port} serves HTTPS inside the space; the gateway proxies plain HTTP ports only"));
@@ -179,7 +199,30 @@ async fn http_port(
             )
         }
     }
-    forward(req, client, tls, &entry, port, StreamClass::Bulk).await
+    let class = class_for(service.as_ref());
+    forward(req, client, tls, &entry, port, class).await
+}
+
+/// The grant a service needs, whichever route reaches it: a token for HTTP ports must
+/// not open the desktop or SSH by naming their port numbers.
+fn grant_for(service: Option<&Service>, route_default: Grant) -> Grant {
+    match service {
+        Some(s) if s.name == "ssh" => Grant::Ssh,
+        Some(s) => match s.kind {
+            ServiceKind::Vnc => Grant::Vnc,
+            ServiceKind::Http | ServiceKind::Https => Grant::Http,
+            ServiceKind::Tcp => Grant::Tcp,
+        },
+        None => route_default,
+    }
+}
+
+/// Keystrokes and screens go ahead of bulk transfers on the same link.
+fn class_for(service: Option<&Service>) -> StreamClass {
+    match service {
+        Some(s) if s.name == "ssh" || s.kind == ServiceKind::Vnc => StreamClass::Interactive,
+        _ => StreamClass::Bulk,
+    }
 }
 
 /// `USER--SPACE--vnc.DOMAIN`: the VNC web service, page and websocket.
@@ -221,52 +264,57 @@ async fn tcp_socket(
     space: SpaceKey,
     port: Option<u16>,
 ) -> Response<Body> {
-    let grant = if port.is_some() {
-        Grant::Tcp
-    } else {
-        Grant::Ssh
-    };
-    if let Err(resp) = authorize(&req, front, &space, grant) {
-        return resp;
-    }
-    if let Err(resp) = ws::check_upgrade(&req) {
-        return resp;
-    }
-    let Some(entry) = front.registry.get(&space) else {
-        return reply::not_connected(&space);
-    };
-    let (port, class) = match port {
-        Some(port) if entry.service(port).is_some() => (port, StreamClass::Bulk),
-        Some(port) => {
-            return reply::text(
-                StatusCode::NOT_FOUND,
-                format!("port {port} is not offered by space {space}"),
-            )
-        }
-        None => match entry
+    // 1. The service asked for decides the grant: `/ssh` is the SSH server, and a port
+    //    on `/tcp` needs whatever grant its service needs.
+    let entry = front.registry.get(&space);
+    let service = entry.as_ref().and_then(|e| match port {
+        Some(port) => e.service(port),
+        None => e
             .services
             .read()
             .expect("services lock poisoned")
             .iter()
             .find(|s| s.name == "ssh")
-        {
-            Some(s) => (s.port, StreamClass::Interactive),
-            None => {
-                return reply::text(
-                    StatusCode::NOT_FOUND,
-                    format!("space {space} offers no SSH server"),
-                )
-            }
-        },
+            .cloned(),
+    });
+    let route_default = if port.is_some() {
+        Grant::Tcp
+    } else {
+        Grant::Ssh
     };
-    match open_stream(&entry, port, client, class).await {
+    if let Err(resp) = authorize(
+        &req,
+        front,
+        &space,
+        grant_for(service.as_ref(), route_default),
+    ) {
+        return resp;
+    }
+    if let Err(resp) = ws::check_upgrade(&req) {
+        return resp;
+    }
+
+    // 2. Connected, and offering it.
+    let Some(entry) = entry else {
+        return reply::not_connected(&space);
+    };
+    let Some(service) = service else {
+        let message = match port {
+            Some(port) => format!("port {port} is not offered by space {space}"),
+            None => format!("space {space} offers no SSH server"),
+        };
+        return reply::text(StatusCode::NOT_FOUND, message);
+    };
+
+    // 3. The stream, then the websocket.
+    match open_stream(&entry, service.port, client, class_for(Some(&service))).await {
         Ok((stream, id)) => ws::accept(
             req,
             stream,
-            info_span!("stream", %space, port, request = %id),
+            info_span!("stream", %space, port = service.port, request = %id),
         ),
         Err(e) => {
-            info!(%space, port, error = %e, "stream not opened");
+            info!(%space, port = service.port, error = %e, "stream not opened");
             reply::open_failed(&e)
         }
     }

@@ -5,6 +5,8 @@ use http::{header, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use agent_link::proto::RefuseReason;
+
 use crate::open::OpenError;
 
 /// Every response body the front door returns.
@@ -37,9 +39,19 @@ pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
     resp
 }
 
-/// The answer for a stream that could not be opened.
+/// The answer for a stream that could not be opened: 404 when the space does not
+/// offer the port (its agent knows better than our copy of its services), 504 when the
+/// agent did not answer, 502 otherwise.
 pub fn open_failed(err: &OpenError) -> Response<Body> {
-    text(StatusCode::BAD_GATEWAY, err.to_string())
+    let status = match err {
+        OpenError::Refused {
+            reason: RefuseReason::PortNotOffered,
+            ..
+        } => StatusCode::NOT_FOUND,
+        OpenError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    text(status, err.to_string())
 }
 
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750 section 3).

@@ -155,7 +155,11 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
                 Some(Err(e)) => break Err(e.to_string()),
             }
         };
-        let _ = send.shutdown().await;
+        // A clean end travels as end-of-file; a failure is left for the reset below,
+        // so that the space cannot take a cut stream for a finished one.
+        if result.is_ok() {
+            let _ = send.shutdown().await;
+        }
         result
     };
 
