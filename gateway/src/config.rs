@@ -51,9 +51,11 @@ pub struct PublicConfig {
     pub cert: Option<PathBuf>,
     /// The certificate's private key (PEM). Default: generated with the certificate.
     pub key: Option<PathBuf>,
-    /// Largest request head accepted, in bytes; larger ones get 431. Default 65536.
+    /// Size of the buffer a request head must fit in, in bytes; a head that overflows
+    /// it gets 431. Default 65536.
     pub max_head_bytes: usize,
-    /// Time a client has to send a whole request head, in seconds; then 408. Default 30.
+    /// Time a client has to send a whole request head, in seconds; a client that is
+    /// slower is disconnected (without a 408 for now). Default 30.
     pub head_timeout_secs: u64,
 }
 

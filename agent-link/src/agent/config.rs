@@ -121,7 +121,7 @@ pub enum ConfigError {
     #[error("no service to offer: set at least one of KNOT_SSH_PORT, KNOT_HTTP_PORT, KNOT_CODE_SERVER_PORT, KNOT_VNC_HTTP_PORT, KNOT_TCP_PORT")]
     NoServices,
     /// A public port that is not an HTTP port.
-    #[error("public port {0} is not one of the HTTP ports")]
+    #[error("public port {0} is not one of the HTTP ports (KNOT_HTTP_PORT)")]
     PublicNotHttp(u16),
     /// The token cannot be a real token.
     #[error("the agent token is {0} bytes; tokens are well under 8 KiB")]
@@ -185,7 +185,7 @@ impl AgentConfig {
         for &port in &self.tcp_port {
             add("tcp", port, ServiceKind::Tcp, false);
         }
-        validate(&out, &self.public_http_port)?;
+        validate(&out, &self.public_http_port, &self.http_port)?;
         // The Hello must fit in one 64 KiB frame with up to 256 services.
         if self.token.is_empty() || self.token.len() > 8192 {
             return Err(ConfigError::TokenSize(self.token.len()));
@@ -194,15 +194,11 @@ impl AgentConfig {
     }
 }
 
-fn validate(services: &[Service], public: &[u16]) -> Result<(), ConfigError> {
+fn validate(services: &[Service], public: &[u16], http: &[u16]) -> Result<(), ConfigError> {
     if services.is_empty() {
         return Err(ConfigError::NoServices);
     }
-    if let Some(&port) = public.iter().find(|p| {
-        !services
-            .iter()
-            .any(|s| s.port == **p && s.kind == ServiceKind::Http)
-    }) {
+    if let Some(&port) = public.iter().find(|p| !http.contains(p)) {
         return Err(ConfigError::PublicNotHttp(port));
     }
     let mut seen = HashMap::new();

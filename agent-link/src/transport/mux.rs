@@ -17,11 +17,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use yamux::{Config, Connection, ConnectionError, Mode, Stream};
 
-/// Largest data frame yamux sends. The 16 KiB default costs 15 to 30% of one-stream
-/// throughput (a frame header, a channel hop and a TLS record per 16 KiB); larger
-/// frames delay an interactive stream behind a bulk one by at most one frame, and
+/// Largest data frame yamux sends. The 16 KiB default costs throughput (a frame
+/// header, a channel hop and a TLS record per 16 KiB; see docs/performance.md); larger
+/// frames delay an interactive stream behind a bulk one by up to one frame, and
 /// 64 KiB at 100 Mbit/s is 5 ms.
 const SPLIT_SEND_SIZE: usize = 64 * 1024;
+
+/// Overrides [`SPLIT_SEND_SIZE`] for measurements (bytes, 1 KiB to 1 MiB).
+pub const SPLIT_SEND_SIZE_ENV: &str = "AGENT_LINK_YAMUX_SPLIT_SEND_SIZE";
+
+fn split_send_size() -> usize {
+    std::env::var(SPLIT_SEND_SIZE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1024..=1 << 20).contains(n))
+        .unwrap_or(SPLIT_SEND_SIZE)
+}
 
 /// Streams allowed on one link at once (user connections into one space). yamux
 /// requires the connection window to cover 256 KiB for each.
@@ -66,7 +77,7 @@ impl MuxLink {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut config = Config::default();
-        config.set_split_send_size(SPLIT_SEND_SIZE);
+        config.set_split_send_size(split_send_size());
         config.set_max_num_streams(MAX_STREAMS);
         config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
         let mode = if server { Mode::Server } else { Mode::Client };
