@@ -66,7 +66,7 @@ impl Trust {
     pub fn fingerprint(text: &str) -> Result<Self, TrustError> {
         let digits: String = text.chars().filter(|c| *c != ':').collect();
         let bad = || TrustError::Fingerprint(text.to_owned());
-        if digits.len() != 64 {
+        if digits.len() != 64 || !digits.is_ascii() {
             return Err(bad());
         }
         let mut out = [0u8; 32];
@@ -194,5 +194,9 @@ mod tests {
         }
         assert!(Trust::fingerprint("abc").is_err());
         assert!(Trust::fingerprint(&"zz".repeat(32)).is_err());
+        assert!(
+            Trust::fingerprint(&format!("€{}", "a".repeat(61))).is_err(),
+            "no panic on non-ASCII"
+        );
     }
 }

@@ -114,9 +114,10 @@ impl AgentListener {
         // 1. The agent's first stream is the control stream; its first message is
         //    Hello. Both must arrive within one deadline.
         let deadline = Instant::now() + self.hello_timeout;
-        let Ok(Some(stream)) = tokio::time::timeout_at(deadline, link.accept()).await else {
+        let Ok(Some(mut stream)) = tokio::time::timeout_at(deadline, link.accept()).await else {
             return Err(LinkEnd::NoControlStream);
         };
+        stream.set_control();
         let (mut send, mut control) = (stream.send, ControlReader::new(stream.recv));
         let hello = match tokio::time::timeout_at(deadline, control.next()).await {
             Ok(Ok(Some(msg))) => msg,

@@ -139,11 +139,14 @@ where
         }
     };
 
-    // The space to standard output, until the gateway closes the websocket.
+    // The space to standard output. The space's end-of-file (an empty message) or a
+    // Close ends the session, as a TCP client ends when its server closes: OpenSSH
+    // then sees its ProxyCommand's output end and exits instead of hanging.
     let downstream = async {
         let mut stdout = tokio::io::stdout();
         while let Some(msg) = source.next().await {
             match msg? {
+                Message::Binary(b) if b.is_empty() => break,
                 Message::Binary(b) => {
                     stdout.write_all(&b).await?;
                     stdout.flush().await?;

@@ -161,7 +161,7 @@ fn print_banner(config: &Config, identity: &Identity, cert: &Path) {
          \n\nThen reach it:\
          \n\n  export GATEWAY_TOKEN=$(gateway --data-dir {data} token user --user alice --space 'alice--*')\
          \n  curl --cacert {cert} -H \"Authorization: Bearer $GATEWAY_TOKEN\" https://alice--demo--8080.{domain}:{port}/\
-         \n  ssh -o ProxyCommand='gateway --data-dir {data} connect --server https://{domain}:{port} alice/demo' $USER@demo\n",
+         \n  ssh -o ProxyCommand='gateway --data-dir {data} connect --server https://{domain}:{port} alice/demo' $(id -un)@demo\n",
         version = env!("CARGO_PKG_VERSION"),
         agents = config.agents.listen,
         cert = cert.display(),

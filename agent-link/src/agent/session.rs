@@ -18,6 +18,9 @@ use crate::transport::TransportKind;
 /// A link that stayed up this long resets the reconnect backoff.
 const STABLE_LINK: Duration = Duration::from_secs(30);
 
+/// How long an agent whose space was taken over by another agent waits (±50%).
+const REPLACED_WAIT: Duration = Duration::from_secs(120);
+
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -59,6 +62,18 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
                 // The gateway is going away: reconnect at once so that new streams
                 // find this space on another gateway without a gap.
                 info!(%reason, "gateway draining; reconnecting now");
+                continue;
+            }
+            LinkEnd::GoAway(reason) if reason.starts_with("replaced") => {
+                // Another agent registered this space. Coming straight back would take
+                // it over again, and the two would trade the space forever; wait long
+                // enough that a live rival keeps it, and a dead one is replaced.
+                let delay = REPLACED_WAIT.mul_f64(0.5 + fastrand::f64());
+                warn!(
+                    ?delay,
+                    "another agent with this space's token took over; waiting before trying again"
+                );
+                tokio::time::sleep(delay).await;
                 continue;
             }
             e => warn!(error = %e, "link down"),

@@ -171,6 +171,14 @@ impl DataStream {
         }
     }
 
+    /// Sends this stream ahead of every other: for the control stream, whose pings
+    /// must get through while data streams are busy.
+    pub fn set_control(&mut self) {
+        if let SendHalf::Quic(s) = &mut self.send {
+            let _ = s.set_priority(2);
+        }
+    }
+
     /// Aborts both directions: the peer sees a reset, not a clean end, so a cut
     /// transfer cannot pass for a complete one.
     pub fn reset(&mut self) {

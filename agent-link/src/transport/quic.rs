@@ -49,10 +49,12 @@ impl LinkTuning {
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.peer_streams));
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
         // One stream must fill a fast link at a real round-trip time: the 1.25 MB
-        // default caps a stream near 60 MB/s at 20 ms. 8 MiB per stream and 32 MiB
-        // per link are upper bounds; memory is only used while data is in flight.
+        // default caps a stream near 60 MB/s at 20 ms. The connection window is not
+        // limited below the streams' own: otherwise a few users who stop reading fill
+        // it, and every other stream of the space, pings included, stalls with them.
+        // Memory is bounded per stream (8 MiB) times the streams the gateway opened.
         t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
-        t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+        t.receive_window(VarInt::MAX);
         t.send_window(32 * 1024 * 1024);
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_idle_timeout(Some(
