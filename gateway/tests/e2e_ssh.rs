@@ -111,3 +111,30 @@ on_both_transports!(
     scp_of_a_64_mib_file_arrives_with_the_same_sha256,
     ssh_cat_stores_the_whole_file_when_the_client_half_closes_first,
 );
+
+/// Guards against `gateway connect` outliving the space's end of the connection:
+/// when the session's sshd dies, ssh must exit as it does on a direct connection,
+/// not hang waiting for its ProxyCommand.
+fn ssh_exits_when_the_spaces_sshd_dies(transport: Transport) {
+    let s = setup(transport);
+    let mut child = s
+        .command("ssh")
+        .arg(format!("{}@space", s.sshd.user()))
+        .arg("kill -9 $PPID; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A hang guard, not a measurement: the remote command would run for 60 s.
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("ssh still running 30 s after the space's sshd died");
+}
+
+on_both_transports!(ssh_exits_when_the_spaces_sshd_dies);
