@@ -71,15 +71,7 @@ impl AgentListener {
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    warn!(error = %e, "agent listener cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (tcp, addr) = crate::front::accept(&listener, "agents").await;
             let _ = tcp.set_nodelay(true);
             let (this, acceptor) = (self.clone(), acceptor.clone());
             let span = info_span!("link", agent.addr = %addr, transport = "tcp");

@@ -54,15 +54,7 @@ pub struct Front {
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, front: Arc<Front>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                warn!(error = %e, "public listener cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, addr) = accept(&listener, "public").await;
         let _ = tcp.set_nodelay(true);
         let (acceptor, front) = (acceptor.clone(), front.clone());
         let span = info_span!("conn", client.addr = %addr, tls = true);
@@ -82,19 +74,28 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, fr
 /// Accepts plain HTTP connections (TLS terminated in front of the gateway).
 pub async fn serve_plain(listener: TcpListener, front: Arc<Front>) {
     loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                warn!(error = %e, "public listener cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, addr) = accept(&listener, "public").await;
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
         let span = info_span!("conn", client.addr = %addr, tls = false);
         tokio::spawn(serve_conn(tcp, addr, false, front).instrument(span));
+    }
+}
+
+/// The next connection on `listener`. Errors such as running out of file descriptors
+/// are logged and waited out rather than retried in a tight loop.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                warn!(error = %e, listener = what, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
