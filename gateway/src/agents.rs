@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_link::heartbeat::Heartbeat;
 use agent_link::io::{send_control, ControlReader, ReadError};
 use agent_link::proto::{ControlMessage, RejectReason, Service, ALPN_MUX, PROTOCOL_VERSION};
 use agent_link::transport::mux::MuxLink;
@@ -164,12 +165,17 @@ impl AgentListener {
         };
         send_control(&mut send, &welcome).await?;
         if let Some(old) = self.registry.insert(key.clone(), entry.clone()) {
-            info!(space = %key, old_session = %old.session, old_transport = old.link.kind().as_str(), new_session = %session, "link replaced by a newer one");
+            let old_transport = old.link.kind().as_str();
+            info!(
+                space = %key, old_session = %old.session, old_transport, new_session = %session,
+                "link replaced by a newer one"
+            );
             let _ = old.control.try_send(ControlMessage::GoAway {
                 reason: "replaced by a newer link".into(),
             });
         }
-        info!(space = %key, space_id = %claims.sub, %session, transport = link.kind().as_str(), "space registered");
+        let transport = link.kind().as_str();
+        info!(space = %key, space_id = %claims.sub, %session, transport, "space registered");
         tokio::spawn(refuse_agent_streams(link.clone()));
 
         // 4. The control loop, then cleanup unless a newer link already took over.
@@ -209,7 +215,10 @@ impl AgentListener {
         if version != PROTOCOL_VERSION {
             return Err((
                 RejectReason::Version,
-                format!("agent speaks protocol {version}, this gateway speaks {PROTOCOL_VERSION}: upgrade the agent"),
+                format!(
+                    "agent speaks protocol {version}, this gateway speaks {PROTOCOL_VERSION}: \
+                     upgrade the agent"
+                ),
             ));
         }
         let claims = self.verifier.agent(&token).map_err(|e| match e {
@@ -219,7 +228,8 @@ impl AgentListener {
         })?;
         let Some(key) = space_key(&claims.usr, &claims.spc) else {
             let message = format!(
-                "agent token names user {:?} and space {:?}, which cannot be routed: names are lower-case letters, digits, - and _",
+                "agent token names user {:?} and space {:?}, which cannot be routed: \
+                 names are lower-case letters, digits, - and _",
                 claims.usr, claims.spc
             );
             return Err((RejectReason::BadToken, message));
@@ -238,43 +248,49 @@ impl AgentListener {
         mut control: ControlReader<RecvHalf>,
         mut outbox: mpsc::Receiver<ControlMessage>,
     ) -> Result<(), LinkEnd> {
-        let mut ticker = tokio::time::interval(self.ping_interval);
-        let silence_limit = self.ping_interval * 3;
-        let mut last_heard = Instant::now();
-        let mut nonce = 0u64;
-        let mut ping_sent = Instant::now();
+        let mut heartbeat = Heartbeat::new(self.ping_interval, Instant::now());
+        let mut ticker = tokio::time::interval(heartbeat.interval());
         loop {
-            tokio::select! {
+            let outgoing = tokio::select! {
                 msg = control.next() => {
-                    last_heard = Instant::now();
+                    let now = Instant::now();
+                    heartbeat.on_message(now);
                     match msg? {
-                        Some(ControlMessage::Ping { nonce }) => send_control(&mut send, &ControlMessage::Pong { nonce }).await?,
-                        Some(ControlMessage::Pong { nonce: n }) if n == nonce => {
-                            let rtt = entry.link.rtt().unwrap_or_else(|| ping_sent.elapsed());
-                            entry.rtt_micros.store(rtt.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+                        Some(ControlMessage::Ping { nonce }) => ControlMessage::Pong { nonce },
+                        Some(ControlMessage::Pong { nonce }) => {
+                            if let Some(measured) = heartbeat.on_pong(nonce, now) {
+                                record_rtt(entry, measured);
+                            }
+                            continue;
                         }
-                        Some(ControlMessage::Pong { .. }) => {}
                         Some(ControlMessage::ServicesUpdate { services }) => {
                             info!(count = services.len(), "services updated");
                             *entry.services.write().expect("services lock poisoned") = services;
+                            continue;
                         }
-                        Some(other) => return Err(LinkEnd::Protocol(format!("unexpected {other:?} from an agent"))),
+                        Some(other) => {
+                            let message = format!("unexpected {other:?} from an agent");
+                            return Err(LinkEnd::Protocol(message));
+                        }
                         None => return Ok(()),
                     }
                 }
-                Some(msg) = outbox.recv() => send_control(&mut send, &msg).await?,
+                Some(msg) = outbox.recv() => msg,
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return Err(LinkEnd::Silent(silence_limit));
-                    }
-                    nonce += 1;
-                    ping_sent = Instant::now();
-                    send_control(&mut send, &ControlMessage::Ping { nonce }).await?;
+                    heartbeat.on_tick(Instant::now()).map_err(|s| LinkEnd::Silent(s.0))?
                 }
                 _ = entry.link.closed() => return Ok(()),
-            }
+            };
+            send_control(&mut send, &outgoing).await?;
         }
     }
+}
+
+/// The transport's own estimate where it has one (QUIC), else the pong's.
+fn record_rtt(entry: &Entry, measured: Duration) {
+    let rtt = entry.link.rtt().unwrap_or(measured);
+    let micros = rtt.as_micros().try_into().unwrap_or(u64::MAX);
+    entry.rtt_micros.store(micros, Ordering::Relaxed);
 }
 
 /// Agents open only the control stream; any further stream they open is dropped at

@@ -44,7 +44,9 @@ pub struct PublicConfig {
     pub listen: SocketAddr,
     /// Optional plain-HTTP address, for a load balancer that terminates TLS. Default: none.
     pub plain_listen: Option<SocketAddr>,
-    /// The domain: spaces are `USER--SPACE--PORT.DOMAIN`. Default `gateway.localhost` (every name under `.localhost` resolves to loopback, and TLS clients refuse a wildcard directly under a top-level name).
+    /// The domain: spaces are `USER--SPACE--PORT.DOMAIN`. Default `gateway.localhost`
+    /// (every name under `.localhost` resolves to loopback, and TLS clients refuse a
+    /// wildcard directly under a top-level name).
     pub domain: String,
     /// Certificate chain (PEM) for `DOMAIN` and `*.DOMAIN`. Default: a self-signed
     /// certificate generated in the data directory.

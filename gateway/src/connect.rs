@@ -103,7 +103,11 @@ fn trust(args: &ConnectArgs, data_dir: &std::path::Path, host: &str) -> anyhow::
     if dev_cert.exists() {
         return Ok(Trust::CaFile(dev_cert));
     }
-    bail!("no way to trust the gateway: give --ca-file or --fingerprint (no development certificate at {})", dev_cert.display())
+    bail!(
+        "no way to trust the gateway: give --ca-file or --fingerprint \
+         (no development certificate at {})",
+        dev_cert.display()
+    )
 }
 
 async fn pump<S>(stream: S, request: http::Request<()>) -> anyhow::Result<()>

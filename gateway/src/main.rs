@@ -11,7 +11,6 @@ use gateway::config::Config;
 use gateway::connect::{self, ConnectArgs};
 use gateway::keys::SigningKey;
 use gateway::server::{self, signing_key_path, verifying_key_path};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,13 +114,7 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    agent_link::logging::init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime can be built");
     let result = runtime.block_on(dispatch(cli));
     // `connect` may leave a read of standard input blocked in tokio's blocking pool;

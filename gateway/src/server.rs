@@ -144,27 +144,48 @@ async fn shutdown_signal() {
 #[allow(clippy::print_stdout)]
 fn print_banner(config: &Config, identity: &Identity, cert: &Path) {
     let domain = &config.public.domain;
-    let port = config.public.listen.port();
-    let data = config.data_dir.display();
-    println!(
-        "space gateway {version} is running\n\
-         \n  agents link to    {agents} (QUIC on UDP, TLS on TCP)\
-         \n  users connect to  https://{domain}:{port}  (spaces: https://USER--SPACE--PORT.{domain}:{port})\
-         \n  certificate       {cert}\
-         \n  fingerprint       {fp}\
-         \n  data directory    {data}\
-         \n\nStart an agent for user alice, space demo, offering SSH on port 22 and HTTP on 8080:\
-         \n\n  KNOT_AGENT_ENDPOINT={agents} \\\
-         \n  KNOT_AGENT_GATEWAY_FINGERPRINT={fp} \\\
-         \n  KNOT_AGENT_TOKEN=$(gateway --data-dir {data} token agent --user alice --space demo) \\\
-         \n  KNOT_SSH_PORT=22 KNOT_HTTP_PORT=8080 agent-link\
-         \n\nThen reach it:\
-         \n\n  export GATEWAY_TOKEN=$(gateway --data-dir {data} token user --user alice --space 'alice--*')\
-         \n  curl --cacert {cert} -H \"Authorization: Bearer $GATEWAY_TOKEN\" https://alice--demo--8080.{domain}:{port}/\
-         \n  ssh -o ProxyCommand='gateway --data-dir {data} connect --server https://{domain}:{port} alice/demo' $(id -un)@demo\n",
-        version = env!("CARGO_PKG_VERSION"),
-        agents = config.agents.listen,
-        cert = cert.display(),
-        fp = identity.fingerprint(),
-    );
+    let url = format!("https://{domain}:{}", config.public.listen.port());
+    let gw = format!("gateway --data-dir {}", config.data_dir.display());
+    let fp = identity.fingerprint();
+    // A wildcard listen address is not somewhere to dial: show a placeholder host.
+    let endpoint = match config.agents.listen.ip().is_unspecified() {
+        true => format!("GATEWAY_HOST:{}", config.agents.listen.port()),
+        false => config.agents.listen.to_string(),
+    };
+    let lines = [
+        format!("space gateway {} is running", env!("CARGO_PKG_VERSION")),
+        String::new(),
+        format!(
+            "  agents link to    {} (QUIC on UDP, TLS on TCP)",
+            config.agents.listen
+        ),
+        format!("  users connect to  {url}"),
+        format!(
+            "  spaces are at     https://USER--SPACE--PORT.{domain}:{}",
+            config.public.listen.port()
+        ),
+        format!("  certificate       {}", cert.display()),
+        format!("  fingerprint       {fp}"),
+        format!("  data directory    {}", config.data_dir.display()),
+        String::new(),
+        "Start an agent for user alice, space demo, offering SSH on 22 and HTTP on 8080:".into(),
+        String::new(),
+        format!("  KNOT_AGENT_ENDPOINT={endpoint} \\"),
+        format!("  KNOT_AGENT_GATEWAY_FINGERPRINT={fp} \\"),
+        format!("  KNOT_AGENT_TOKEN=$({gw} token agent --user alice --space demo) \\"),
+        "  KNOT_SSH_PORT=22 KNOT_HTTP_PORT=8080 agent-link".into(),
+        String::new(),
+        "Then reach it:".into(),
+        String::new(),
+        format!("  export GATEWAY_TOKEN=$({gw} token user --user alice --space 'alice--*')"),
+        format!("  curl --cacert {} \\", cert.display()),
+        "    -H \"Authorization: Bearer $GATEWAY_TOKEN\" \\".into(),
+        format!(
+            "    https://alice--demo--8080.{domain}:{}/",
+            config.public.listen.port()
+        ),
+        format!("  ssh -o ProxyCommand='{gw} connect --server {url} alice/demo' \\"),
+        "    $(id -un)@demo".into(),
+    ];
+    println!("{}", lines.join("\n"));
 }

@@ -80,7 +80,12 @@ pub struct AgentConfig {
     pub quic_timeout: Duration,
 
     /// While on TCP in `auto`, how often to try QUIC again (seconds; jittered).
-    #[arg(long, env = "KNOT_AGENT_QUIC_PROBE_INTERVAL", value_parser = parse_secs, default_value = "10")]
+    #[arg(
+        long,
+        env = "KNOT_AGENT_QUIC_PROBE_INTERVAL",
+        value_parser = parse_secs,
+        default_value = "10"
+    )]
     pub quic_probe_interval: Duration,
 }
 
@@ -109,7 +114,10 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Neither a CA file nor a fingerprint was given.
-    #[error("no way to trust the gateway: give --ca-file (KNOT_AGENT_CA_FILE) or --gateway-fingerprint (KNOT_AGENT_GATEWAY_FINGERPRINT)")]
+    #[error(
+        "no way to trust the gateway: give --ca-file (KNOT_AGENT_CA_FILE) \
+         or --gateway-fingerprint (KNOT_AGENT_GATEWAY_FINGERPRINT)"
+    )]
     NoTrust,
     /// The trust setting is unusable.
     #[error(transparent)]
@@ -118,7 +126,10 @@ pub enum ConfigError {
     #[error("endpoint {0:?} is not HOST:PORT")]
     Endpoint(String),
     /// No service at all: the link would be useless.
-    #[error("no service to offer: set at least one of KNOT_SSH_PORT, KNOT_HTTP_PORT, KNOT_CODE_SERVER_PORT, KNOT_VNC_HTTP_PORT, KNOT_TCP_PORT")]
+    #[error(
+        "no service to offer: set at least one of KNOT_SSH_PORT, KNOT_HTTP_PORT, \
+         KNOT_CODE_SERVER_PORT, KNOT_VNC_HTTP_PORT, KNOT_TCP_PORT"
+    )]
     NoServices,
     /// A public port that is not an HTTP port.
     #[error("public port {0} is not one of the HTTP ports (KNOT_HTTP_PORT)")]

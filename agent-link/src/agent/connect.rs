@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::config::{AgentConfig, ConfigError};
 use super::serve::{serve_stream, Offered};
+use crate::heartbeat::{Heartbeat, Silent};
 use crate::io::{send_control, ControlReader, ReadError};
 use crate::proto::{ControlMessage, RejectReason, Service, ALPN_MUX, ALPN_QUIC, PROTOCOL_VERSION};
 use crate::transport::mux::{connect_tls, MuxLink};
@@ -100,6 +102,12 @@ impl Connector {
 
     /// Connects over QUIC and registers.
     pub(super) async fn quic(&mut self) -> Result<Session, LinkEnd> {
+        let (link, addr) = self.connect_quic().await?;
+        self.register(link, addr).await
+    }
+
+    /// Connects over QUIC without registering: safe to abandon at any point.
+    pub(super) async fn connect_quic(&mut self) -> Result<(Link, SocketAddr), LinkEnd> {
         let addr = self.resolve().await?;
         let endpoint = self.endpoint_for(addr)?;
         let connecting = endpoint
@@ -116,7 +124,7 @@ impl Connector {
                 ))
             }
         };
-        self.register(Link::Quic(conn), addr).await
+        Ok((Link::Quic(conn), addr))
     }
 
     /// Connects over TLS/TCP with yamux and registers.
@@ -146,7 +154,7 @@ impl Connector {
         }
     }
 
-    async fn register(&self, link: Link, addr: SocketAddr) -> Result<Session, LinkEnd> {
+    pub(super) async fn register(&self, link: Link, addr: SocketAddr) -> Result<Session, LinkEnd> {
         let result = self.handshake(&link).await;
         if result.is_err() {
             link.close("registration failed");
@@ -243,35 +251,33 @@ impl Session {
     }
 
     async fn control_loop(&mut self) -> LinkEnd {
-        let mut ticker = tokio::time::interval(self.ping_interval);
-        let silence_limit = self.ping_interval * 3;
-        let mut last_heard = tokio::time::Instant::now();
-        let mut nonce = 0u64;
+        let mut heartbeat = Heartbeat::new(self.ping_interval, Instant::now());
+        let mut ticker = tokio::time::interval(heartbeat.interval());
         loop {
-            let result: Result<(), LinkEnd> = tokio::select! {
+            let reply = tokio::select! {
                 msg = self.control.next() => {
-                    last_heard = tokio::time::Instant::now();
+                    heartbeat.on_message(Instant::now());
                     match msg {
-                        Ok(Some(ControlMessage::Ping { nonce })) => send_control(&mut self.send, &ControlMessage::Pong { nonce }).await.map_err(Into::into),
-                        Ok(Some(ControlMessage::Pong { .. })) => Ok(()),
-                        Ok(Some(ControlMessage::GoAway { reason })) => Err(LinkEnd::GoAway(reason)),
-                        Ok(Some(other)) => Err(LinkEnd::Protocol(format!("unexpected {other:?}"))),
-                        Ok(None) => Err(LinkEnd::Closed),
-                        Err(e) => Err(e.into()),
+                        Ok(Some(ControlMessage::Ping { nonce })) => ControlMessage::Pong { nonce },
+                        Ok(Some(ControlMessage::Pong { .. })) => continue,
+                        Ok(Some(ControlMessage::GoAway { reason })) => {
+                            return LinkEnd::GoAway(reason);
+                        }
+                        Ok(Some(other)) => {
+                            return LinkEnd::Protocol(format!("unexpected {other:?}"));
+                        }
+                        Ok(None) => return LinkEnd::Closed,
+                        Err(e) => return e.into(),
                     }
                 }
-                _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        Err(LinkEnd::Silent(silence_limit))
-                    } else {
-                        nonce += 1;
-                        send_control(&mut self.send, &ControlMessage::Ping { nonce }).await.map_err(Into::into)
-                    }
-                }
-                _ = self.link.closed() => Err(LinkEnd::Closed),
+                _ = ticker.tick() => match heartbeat.on_tick(Instant::now()) {
+                    Ok(ping) => ping,
+                    Err(Silent(limit)) => return LinkEnd::Silent(limit),
+                },
+                _ = self.link.closed() => return LinkEnd::Closed,
             };
-            if let Err(end) = result {
-                return end;
+            if let Err(e) = send_control(&mut self.send, &reply).await {
+                return e.into();
             }
         }
     }

@@ -45,7 +45,11 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     let mut connector = Connector::new(&config)?;
     let offered = Arc::new(Offered::new(&connector.services));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    info!(endpoint = %config.endpoint, transport = ?config.transport, services = ?offered.ports(), "agent starting");
+    let ports = offered.ports();
+    info!(
+        endpoint = %config.endpoint, transport = ?config.transport, services = ?ports,
+        "agent starting"
+    );
 
     loop {
         let started = Instant::now();
@@ -113,25 +117,37 @@ async fn serve(
         let probing = config.transport == TransportMode::Auto && kind == TransportKind::Tcp;
         tokio::select! {
             end = &mut current => {
-                return end.unwrap_or_else(|e| LinkEnd::Protocol(format!("session task failed: {e}")));
+                let failed = |e| LinkEnd::Protocol(format!("session task failed: {e}"));
+                return end.unwrap_or_else(failed);
             }
-            Some(session) = probe_quic(connector, config.quic_probe_interval), if probing => {
-                // Registering on QUIC made the gateway send the TCP link GoAway; that
-                // session keeps serving its open streams until they end, on its own.
-                info!("QUIC works again; new streams use the QUIC link");
-                kind = session.kind();
-                current = tokio::spawn(session.run(offered.clone()).in_current_span());
+            Some((link, addr)) = probe_quic(connector, config.quic_probe_interval), if probing => {
+                // Registering happens here, outside the select, so that the TCP session
+                // ending (with the GoAway this very registration causes) cannot cancel
+                // it half way and drop a link the gateway has just registered.
+                match connector.register(link, addr).await {
+                    Ok(session) => {
+                        // The gateway sent the TCP link GoAway; that session keeps
+                        // serving its open streams until they end, on its own.
+                        info!("QUIC works again; new streams use the QUIC link");
+                        kind = session.kind();
+                        current = tokio::spawn(session.run(offered.clone()).in_current_span());
+                    }
+                    Err(e) => debug!(error = %e, "QUIC registration failed; staying on TCP"),
+                }
             }
         }
     }
 }
 
-/// Tries QUIC every `interval` (with jitter) until a session registers on it.
-async fn probe_quic(connector: &mut Connector, interval: Duration) -> Option<Session> {
+/// Tries QUIC every `interval` (with jitter) until a connection is up.
+async fn probe_quic(
+    connector: &mut Connector,
+    interval: Duration,
+) -> Option<(crate::transport::Link, std::net::SocketAddr)> {
     loop {
         tokio::time::sleep(interval.mul_f64(0.75 + fastrand::f64() / 2.0)).await;
-        match connector.quic().await {
-            Ok(session) => return Some(session),
+        match connector.connect_quic().await {
+            Ok(connected) => return Some(connected),
             Err(e) => debug!(error = %e, "QUIC probe failed"),
         }
     }

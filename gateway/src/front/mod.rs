@@ -182,7 +182,11 @@ async fn http_port(
     match service.as_ref().map(|s| s.kind) {
         Some(ServiceKind::Http | ServiceKind::Vnc) => {}
         Some(ServiceKind::Https) => {
-            return reply::text(StatusCode::NOT_IMPLEMENTED, format!("port {port} serves HTTPS inside the space; the gateway proxies plain HTTP ports only"));
+            let message = format!(
+                "port {port} serves HTTPS inside the space; \
+                 the gateway proxies plain HTTP ports only"
+            );
+            return reply::text(StatusCode::NOT_IMPLEMENTED, message);
         }
         Some(ServiceKind::Tcp) => {
             return reply::text(
@@ -356,14 +360,21 @@ fn authorize(
             debug!(user = %claims.sub, service = grant.as_str(), "access granted");
             Ok(())
         }
-        Access::Missing => Err(reply::unauthorized("a user token is required: send Authorization: Bearer TOKEN, ?access_token=TOKEN on a websocket, or log in")),
+        Access::Missing => Err(reply::unauthorized(
+            "a user token is required: send Authorization: Bearer TOKEN, \
+             or ?access_token=TOKEN on a websocket",
+        )),
         Access::Invalid(e) => {
             info!(%space, error = %e, "token refused");
             Err(reply::unauthorized(format!("{e}")))
         }
         Access::Forbidden(claims) => {
             info!(%space, user = %claims.sub, service = grant.as_str(), "access denied");
-            Err(reply::text(StatusCode::FORBIDDEN, format!("this token does not grant {} access to space {space}", grant.as_str())))
+            let message = format!(
+                "this token does not grant {} access to space {space}",
+                grant.as_str()
+            );
+            Err(reply::text(StatusCode::FORBIDDEN, message))
         }
     }
 }

@@ -32,7 +32,10 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
     let mut resp = text(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("space {space} is not connected to the gateway; start it or wait for its agent to reconnect"),
+        format!(
+            "space {space} is not connected to the gateway; \
+             start it or wait for its agent to reconnect"
+        ),
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
