@@ -22,7 +22,37 @@ declare -A NEEDED=(
     [ip]=iproute2
     [python3]=python3
     [openssl]=openssl
+    [promtool]=prometheus
+    [systemd-analyze]=systemd
 )
+
+# file -> Debian package, for what is not a command: nginx's stream module
+# (TCP/UDP proxying), loaded by the deploy/lb-nginx.conf check.
+declare -A NEEDED_FILES=(
+    [/usr/lib/nginx/modules/ngx_stream_module.so]=libnginx-mod-stream
+)
+
+# Python modules from PyPI (not packaged by Debian): python-hcl2 parses the
+# Nomad job files in deploy/ (gateway/tests/deploy_files.rs).
+install_python_modules() {
+    if python3 -c 'import hcl2' >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "install-test-deps: missing python3 -m pip and hcl2 (run as root)" >&2
+            exit 1
+        fi
+        echo "install-test-deps: installing python3-pip"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends python3-pip
+    fi
+    echo "install-test-deps: installing python-hcl2"
+    # A Debian-managed python3 refuses plain pip installs (PEP 668); pyenv's does not.
+    python3 -m pip install --quiet python-hcl2 ||
+        python3 -m pip install --quiet --break-system-packages python-hcl2
+}
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
@@ -30,8 +60,14 @@ for cmd in "${!NEEDED[@]}"; do
         missing+=("${NEEDED[$cmd]}")
     fi
 done
+for file in "${!NEEDED_FILES[@]}"; do
+    if [ ! -e "$file" ]; then
+        missing+=("${NEEDED_FILES[$file]}")
+    fi
+done
 
 if [ "${#missing[@]}" -eq 0 ]; then
+    install_python_modules
     echo "install-test-deps: all test dependencies present"
     exit 0
 fi
@@ -58,3 +94,4 @@ echo "install-test-deps: installing ${packages[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends "${packages[@]}"
+install_python_modules

@@ -17,6 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::{AgentClaims, TokenError, Verifier};
 use crate::front::route::space_key;
+use crate::metrics::Metrics;
 use crate::registry::{Entry, Registry, SpaceKey};
 
 /// What the agent listener needs.
@@ -30,6 +31,8 @@ pub struct AgentListener {
     pub ping_interval: Duration,
     /// How long an agent has to open its control stream and send `Hello`.
     pub hello_timeout: Duration,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a link was not registered or ended.
@@ -138,6 +141,7 @@ impl AgentListener {
         let (key, claims, services) = match self.check_hello(hello) {
             Ok(ok) => ok,
             Err((reason, message)) => {
+                self.metrics.registration(reason_label(reason));
                 reject(&mut send, reason, &message).await;
                 return Err(LinkEnd::Rejected(message));
             }
@@ -164,7 +168,10 @@ impl AgentListener {
                 .unwrap_or(u32::MAX),
         };
         send_control(&mut send, &welcome).await?;
+        self.metrics.registration("ok");
+        self.metrics.link(link.kind().as_str(), 1);
         if let Some(old) = self.registry.insert(key.clone(), entry.clone()) {
+            self.metrics.links_replaced.inc();
             let old_transport = old.link.kind().as_str();
             info!(
                 space = %key, old_session = %old.session, old_transport, new_session = %session,
@@ -184,6 +191,7 @@ impl AgentListener {
             .control_loop(&entry, send, control, control_rx)
             .instrument(span)
             .await;
+        self.metrics.link(link.kind().as_str(), -1);
         let reason = end
             .as_ref()
             .err()
@@ -259,7 +267,7 @@ impl AgentListener {
                         Some(ControlMessage::Ping { nonce }) => ControlMessage::Pong { nonce },
                         Some(ControlMessage::Pong { nonce }) => {
                             if let Some(measured) = heartbeat.on_pong(nonce, now) {
-                                record_rtt(entry, measured);
+                                self.record_rtt(entry, measured);
                             }
                             continue;
                         }
@@ -284,13 +292,14 @@ impl AgentListener {
             send_control(&mut send, &outgoing).await?;
         }
     }
-}
 
-/// The transport's own estimate where it has one (QUIC), else the pong's.
-fn record_rtt(entry: &Entry, measured: Duration) {
-    let rtt = entry.link.rtt().unwrap_or(measured);
-    let micros = rtt.as_micros().try_into().unwrap_or(u64::MAX);
-    entry.rtt_micros.store(micros, Ordering::Relaxed);
+    /// The transport's own estimate where it has one (QUIC), else the pong's.
+    fn record_rtt(&self, entry: &Entry, measured: Duration) {
+        let rtt = entry.link.rtt().unwrap_or(measured);
+        let micros = rtt.as_micros().try_into().unwrap_or(u64::MAX);
+        entry.rtt_micros.store(micros, Ordering::Relaxed);
+        self.metrics.rtt_seconds.observe(rtt.as_secs_f64());
+    }
 }
 
 /// Agents open only the control stream; any further stream they open is dropped at
@@ -313,4 +322,16 @@ async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     )
     .await;
     let _ = tokio::io::AsyncWriteExt::shutdown(send).await;
+}
+
+/// The `result` label of a rejected registration.
+fn reason_label(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::BadToken => "bad_token",
+        RejectReason::ExpiredToken => "expired_token",
+        RejectReason::NotYetValid => "not_yet_valid",
+        RejectReason::Version => "version",
+        RejectReason::Protocol => "protocol",
+        RejectReason::Unavailable => "unavailable",
+    }
 }

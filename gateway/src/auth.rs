@@ -14,6 +14,8 @@ use crate::registry::SpaceKey;
 pub const AGENT_AUDIENCE: &str = "agent";
 /// Audience of user tokens.
 pub const USER_AUDIENCE: &str = "user";
+/// Audience of admin tokens (the admin API).
+pub const ADMIN_AUDIENCE: &str = "admin";
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
@@ -79,6 +81,19 @@ pub struct UserClaims {
     /// Issued at.
     pub iat: u64,
     /// Expiry; user tokens always expire.
+    pub exp: u64,
+}
+
+/// Claims of an admin token: who operates the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminClaims {
+    /// Always [`ADMIN_AUDIENCE`].
+    pub aud: String,
+    /// The operator's name, for logs.
+    pub sub: String,
+    /// Issued at.
+    pub iat: u64,
+    /// Expiry; admin tokens always expire.
     pub exp: u64,
 }
 
@@ -151,6 +166,11 @@ impl Verifier {
         self.check(token, USER_AUDIENCE, &["aud", "sub"])
     }
 
+    /// Checks an admin token and returns its claims.
+    pub fn admin(&self, token: &str) -> Result<AdminClaims, TokenError> {
+        self.check(token, ADMIN_AUDIENCE, &["aud", "sub"])
+    }
+
     fn check<C: serde::de::DeserializeOwned>(
         &self,
         token: &str,
@@ -219,6 +239,18 @@ impl Minter {
         self.sign(&claims)
     }
 
+    /// An admin token for the admin API.
+    pub fn admin(&self, operator: &str, ttl: Duration) -> String {
+        let iat = now();
+        let claims = AdminClaims {
+            aud: ADMIN_AUDIENCE.into(),
+            sub: operator.into(),
+            iat,
+            exp: iat + ttl.as_secs(),
+        };
+        self.sign(&claims)
+    }
+
     /// Signs arbitrary claims; tests use it for tokens a minter would never make.
     pub fn sign<C: Serialize>(&self, claims: &C) -> String {
         let key = EncodingKey::from_ed_der(self.key.pkcs8_der());
@@ -280,6 +312,24 @@ mod tests {
         assert_eq!(
             v.agent(&t).unwrap_err(),
             TokenError::WrongAudience { expected: "agent" }
+        );
+    }
+
+    #[test]
+    fn admin_tokens_are_only_admin_tokens() {
+        let (m, v) = pair();
+        let t = m.admin("ops", Duration::from_secs(60));
+        assert_eq!(v.admin(&t).unwrap().sub, "ops");
+        assert!(v.user(&t).is_err());
+        let user = m.user(
+            "alice",
+            vec!["*".into()],
+            Grant::ALL.to_vec(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            v.admin(&user).unwrap_err(),
+            TokenError::WrongAudience { expected: "admin" }
         );
     }
 

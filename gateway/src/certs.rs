@@ -1,10 +1,12 @@
 //! Certificates and TLS settings for the front door and the agent listener.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use agent_link::proto::{ALPN_MUX, ALPN_QUIC};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 
@@ -63,32 +65,74 @@ impl Identity {
         agent_link::tls::fingerprint(&self.chain[0])
     }
 
-    /// The front door: TLS 1.2 and 1.3 with rustls's modern suites, HTTP/1.1.
-    pub fn front_door(&self) -> Result<Arc<ServerConfig>, CertError> {
-        let mut config = ServerConfig::builder_with_provider(agent_link::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+    /// The certificate and key in the form rustls serves them.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, CertError> {
+        let signer = agent_link::tls::provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())?;
+        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signer)))
+    }
+}
+
+/// The certificate every listener serves, replaceable while they run (SIGHUP), so that
+/// a renewed certificate takes effect without dropping links.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// A store serving `identity`.
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, CertError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(identity.certified_key()?),
+        }))
     }
 
-    /// Agent links over TCP: TLS 1.3 only, ALPN `agent-link-mux/1`.
-    pub fn agent_listener_tcp(&self) -> Result<Arc<ServerConfig>, CertError> {
-        let mut config = self.agent_listener()?;
-        config.alpn_protocols = vec![ALPN_MUX.to_vec()];
-        Ok(Arc::new(config))
+    /// Serves `identity` from the next handshake on.
+    pub fn replace(&self, identity: &Identity) -> Result<(), CertError> {
+        let key = identity.certified_key()?;
+        *self.current.write().expect("certificate lock poisoned") = key;
+        Ok(())
     }
+}
 
-    /// Agent links over QUIC: TLS 1.3 only, ALPN `agent-link/1`.
-    pub fn agent_listener(&self) -> Result<ServerConfig, CertError> {
-        let mut config = ServerConfig::builder_with_provider(agent_link::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![ALPN_QUIC.to_vec()];
-        Ok(config)
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .expect("certificate lock poisoned")
+                .clone(),
+        )
     }
+}
+
+/// The front door: TLS 1.2 and 1.3 with rustls's modern suites, HTTP/1.1.
+pub fn front_door(certs: &Arc<CertStore>) -> Result<Arc<ServerConfig>, CertError> {
+    let mut config = ServerConfig::builder_with_provider(agent_link::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Agent links over TCP: TLS 1.3 only, ALPN `agent-link-mux/1`.
+pub fn agent_listener_tcp(certs: &Arc<CertStore>) -> Result<Arc<ServerConfig>, CertError> {
+    let mut config = agent_listener(certs)?;
+    config.alpn_protocols = vec![ALPN_MUX.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Agent links over QUIC: TLS 1.3 only, ALPN `agent-link/1`.
+pub fn agent_listener(certs: &Arc<CertStore>) -> Result<ServerConfig, CertError> {
+    let mut config = ServerConfig::builder_with_provider(agent_link::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![ALPN_QUIC.to_vec()];
+    Ok(config)
 }
 
 /// The paths of the development certificate for `domain` in `data_dir`.

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Every setting. Field docs state the default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where generated keys and certificates are kept. Default: `$XDG_DATA_HOME/space-gateway`,
@@ -21,10 +21,50 @@ pub struct Config {
     pub public: PublicConfig,
     /// Token verification.
     pub auth: AuthConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[admin]`: metrics, health and the admin API, for operators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Plain-HTTP address of `/metrics`, `/healthz`, `/readyz` and `/api/`. Default
+    /// `127.0.0.1:9090`; keep it off the public network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+/// `[log]`: how log lines are written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[agents]`: where agents link.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentsConfig {
     /// Address for agent links: QUIC on UDP and TLS/TCP (yamux) on TCP, same port.
@@ -37,7 +77,7 @@ pub struct AgentsConfig {
 }
 
 /// `[public]`: where users connect.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublicConfig {
     /// TLS address. Default `127.0.0.1:8443`.
@@ -62,7 +102,7 @@ pub struct PublicConfig {
 }
 
 /// `[auth]`: token verification.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The deployment's Ed25519 public key (PEM). Default: generated with its private
@@ -81,6 +121,8 @@ impl Default for Config {
             agents: AgentsConfig::default(),
             public: PublicConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -225,6 +267,56 @@ mod tests {
     fn unknown_settings_are_errors_not_ignored() {
         let err = Config::parse("[public]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    /// Guards against a setting that the code has and the configuration reference
+    /// lacks, or documents with a default the code does not use.
+    #[test]
+    fn every_setting_is_in_the_reference_with_its_default() {
+        let doc = include_str!("../../docs/configuration.md");
+        // The data directory's default depends on the environment; the reference
+        // describes it in words.
+        let config = Config {
+            data_dir: PathBuf::from("(see the reference)"),
+            ..Config::default()
+        };
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut missing = Vec::new();
+        for (key, default) in leaves(&value, "") {
+            if key == "data_dir" {
+                continue;
+            }
+            let row = doc.lines().find(|l| l.starts_with(&format!("| `{key}` |")));
+            match row {
+                Some(row) if row.contains(&format!("`{default}`")) => {}
+                Some(row) => missing.push(format!("{key}: default {default} not in {row:?}")),
+                None => missing.push(format!("{key}: no row")),
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md is out of date:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// Every leaf setting as (`section.key`, default as written in TOML, unquoted).
+    fn leaves(value: &toml::Value, prefix: &str) -> Vec<(String, String)> {
+        match value {
+            toml::Value::Table(t) => t
+                .iter()
+                .flat_map(|(k, v)| {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(v, &key)
+                })
+                .collect(),
+            toml::Value::String(s) => vec![(prefix.to_owned(), s.clone())],
+            other => vec![(prefix.to_owned(), other.to_string())],
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::auth::{Grant, Minter};
-use gateway::config::Config;
+use gateway::config::{Config, LogFormat};
 use gateway::connect::{self, ConnectArgs};
 use gateway::keys::SigningKey;
 use gateway::server::{self, signing_key_path, verifying_key_path};
@@ -67,6 +67,12 @@ struct RunArgs {
     /// The domain spaces are reached under.
     #[arg(long, global = true, env = "GATEWAY_DOMAIN")]
     domain: Option<String>,
+    /// Admin listener address (metrics, health, admin API).
+    #[arg(long, global = true, env = "GATEWAY_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "GATEWAY_LOG_FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
     /// The deployment's public key (PEM) for verifying tokens.
     #[arg(long, global = true, env = "GATEWAY_PUBLIC_KEY")]
     public_key: Option<PathBuf>,
@@ -88,6 +94,18 @@ enum TokenCommand {
         /// Lifetime, such as 30m, 12h or 7d (default: no expiry).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// The signing key (default: signing-key.pem in the data directory).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// A token for the admin API.
+    Admin {
+        /// The operator's name, for logs.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        /// Lifetime, such as 30m, 12h or 7d.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
         /// The signing key (default: signing-key.pem in the data directory).
         #[arg(long)]
         key: Option<PathBuf>,
@@ -114,7 +132,6 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    agent_link::logging::init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime can be built");
     let result = runtime.block_on(dispatch(cli));
     // `connect` may leave a read of standard input blocked in tokio's blocking pool;
@@ -135,10 +152,16 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // Every command finds the data directory the same way: flag, then the
     // configuration file, then the default.
-    let config = config(cli.run, cli.data_dir)?;
+    let config = config(cli.run.clone(), cli.data_dir.clone())?;
+    agent_link::logging::init_with(match config.log.format {
+        LogFormat::Text => agent_link::logging::LogFormat::Text,
+        LogFormat::Json => agent_link::logging::LogFormat::Json,
+    });
     let data_dir = config.data_dir.clone();
+    let (args, dir) = (cli.run, cli.data_dir);
+    let reload: server::Reload = Box::new(move || self::config(args.clone(), dir.clone()));
     match cli.command {
-        None | Some(Command::Run) => server::run(config).await,
+        None | Some(Command::Run) => server::run(config, reload).await,
         Some(Command::Keygen { out, force }) => keygen(out.unwrap_or(data_dir), force),
         Some(Command::Token(cmd)) => token(cmd, data_dir),
         Some(Command::Connect(args)) => connect::run(args, data_dir).await,
@@ -167,6 +190,12 @@ fn config(args: RunArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
     }
     if let Some(k) = args.public_key {
         config.auth.public_key = Some(k);
+    }
+    if let Some(a) = args.admin_listen {
+        config.admin.listen = a;
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
     }
     Ok(config)
 }
@@ -218,6 +247,7 @@ fn token(cmd: TokenCommand, data_dir: PathBuf) -> anyhow::Result<()> {
             let id = space_id.unwrap_or_else(|| format!("{user}--{space}"));
             load(key)?.agent(&id, &user, &space, ttl)
         }
+        TokenCommand::Admin { operator, ttl, key } => load(key)?.admin(&operator, ttl),
         TokenCommand::User {
             user,
             spaces,
@@ -240,6 +270,14 @@ fn token(cmd: TokenCommand, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     println!("{token}");
     Ok(())
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{text:?} is not text or json")),
+    }
 }
 
 fn parse_grant(text: &str) -> Result<Grant, String> {

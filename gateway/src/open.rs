@@ -1,5 +1,10 @@
 //! Opening a stream to a port in a space: the header, and the agent's one answer.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agent_link::io::{read_frame, write_frames, ReadError};
@@ -8,6 +13,8 @@ use agent_link::proto::{
 };
 use agent_link::transport::DataStream;
 use bytes::BytesMut;
+use prometheus::IntCounter as Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::registry::Entry;
 
@@ -37,14 +44,48 @@ pub enum OpenError {
     Protocol(String),
 }
 
+impl OpenError {
+    /// The outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Refused { .. } => "refused",
+            Self::Timeout => "timeout",
+            Self::Link(_) | Self::Protocol(_) => "failed",
+        }
+    }
+}
+
+/// Counts a stream as open on its link for as long as it lives.
+#[derive(Debug)]
+pub struct StreamGuard {
+    entry: Arc<Entry>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.entry.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open stream to a space, ready for payload both ways.
+#[derive(Debug)]
+pub struct Opened {
+    /// The stream.
+    pub stream: DataStream,
+    /// Correlates the gateway's and the agent's logs.
+    pub id: RequestId,
+    /// Keeps the link's open-stream count; drop it with the stream.
+    pub guard: StreamGuard,
+}
+
 /// Opens a stream to `port` in the space behind `entry` and waits for the agent's
-/// answer. On success the stream is ready for payload in both directions.
+/// answer.
 pub async fn open_stream(
-    entry: &Entry,
+    entry: &Arc<Entry>,
     port: u16,
     client: ClientAddr,
     class: StreamClass,
-) -> Result<(DataStream, RequestId), OpenError> {
+) -> Result<Opened, OpenError> {
     let request_id = RequestId(fastrand::u64(..));
     let mut stream = entry
         .link
@@ -73,7 +114,73 @@ pub async fn open_stream(
         Ok(Ok(Some(body))) => body,
     };
     match StreamAnswer::decode(&body).map_err(|e| OpenError::Protocol(e.to_string()))? {
-        StreamAnswer::Ok => Ok((stream, request_id)),
+        StreamAnswer::Ok => {
+            entry.open_streams.fetch_add(1, Ordering::Relaxed);
+            let guard = StreamGuard {
+                entry: entry.clone(),
+            };
+            Ok(Opened {
+                stream,
+                id: request_id,
+                guard,
+            })
+        }
         StreamAnswer::Refused { reason, message } => Err(OpenError::Refused { reason, message }),
+    }
+}
+
+/// A byte stream that counts what passes through it, for `relayed_bytes`.
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+    read: Counter,
+    written: Counter,
+}
+
+impl<T> Counted<T> {
+    /// Counts bytes read from `inner` in `read`, and bytes written in `written`.
+    pub fn new(inner: T, read: Counter, written: Counter) -> Self {
+        Self {
+            inner,
+            read,
+            written,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read.inc_by((buf.filled().len() - before) as u64);
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.written.inc_by(*n as u64);
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

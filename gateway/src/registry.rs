@@ -53,6 +53,8 @@ pub struct Entry {
     pub since: SystemTime,
     /// The last measured round-trip time of the link, microseconds (0: not yet).
     pub rtt_micros: AtomicU64,
+    /// Streams open on this link now.
+    pub open_streams: AtomicU64,
 }
 
 impl Entry {
@@ -72,6 +74,7 @@ impl Entry {
             control,
             since: SystemTime::now(),
             rtt_micros: AtomicU64::new(0),
+            open_streams: AtomicU64::new(0),
         }
     }
 

@@ -1,20 +1,26 @@
 //! Starting a gateway: keys, certificates, listeners, and the banner that tells a new
 //! user what to do next.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_link::transport::quic::{server_endpoint, LinkTuning};
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
 
+use crate::admin::{self, Admin};
 use crate::agents::AgentListener;
 use crate::auth::Verifier;
-use crate::certs::{ensure_dev_cert, Identity};
+use crate::certs::{self, ensure_dev_cert, CertStore, Identity};
 use crate::config::Config;
 use crate::front::{self, Front};
 use crate::keys::{SigningKey, VerifyingKey};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// The private key file in a data directory.
@@ -27,44 +33,38 @@ pub fn verifying_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("verify-key.pem")
 }
 
+/// Re-reads the configuration (file, environment and flags) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
 /// Runs a gateway until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
 
     // 1. Keys and certificates: configured, or generated once in the data directory.
     let verifying = verifying_key(&config)?;
-    let (cert, key) = match (&config.public.cert, &config.public.key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => ensure_dev_cert(&config.data_dir, &config.public.domain)?,
-    };
-    let identity = Identity::load(&cert, &key)?;
+    let (cert, identity) = load_identity(&config)?;
+    let certs = CertStore::new(&identity)?;
     let registry = Arc::new(Registry::new());
     let verifier = Verifier::new(&verifying);
+    let metrics = Arc::new(Metrics::new());
 
     // 2. Listeners, bound before anything is announced so that a port in use fails
     //    the start instead of a later connection.
     let endpoint = server_endpoint(
         config.agents.listen,
-        identity.agent_listener()?,
+        certs::agent_listener(&certs)?,
         &LinkTuning::gateway(),
     )
     .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
-    let agents_tcp = TcpListener::bind(config.agents.listen)
-        .await
-        .with_context(|| format!("cannot listen for agents on tcp/{}", config.agents.listen))?;
-    let public = TcpListener::bind(config.public.listen)
-        .await
-        .with_context(|| format!("cannot listen on tcp/{}", config.public.listen))?;
+    let agents_tcp = bind(config.agents.listen, "agents").await?;
+    let public = bind(config.public.listen, "users").await?;
     let plain = match config.public.plain_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on tcp/{addr}"))?,
-        ),
+        Some(addr) => Some(bind(addr, "users (plain HTTP)").await?),
         None => None,
     };
+    let admin_listener = bind(config.admin.listen, "admin").await?;
 
     // 3. Serve.
     let agents = Arc::new(AgentListener {
@@ -72,39 +72,136 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         verifier: verifier.clone(),
         ping_interval: config.agents.ping_interval(),
         hello_timeout: config.agents.hello_timeout(),
+        metrics: metrics.clone(),
     });
     let front = Arc::new(Front {
         registry: registry.clone(),
-        verifier,
+        verifier: verifier.clone(),
         domain: config.public.domain.to_ascii_lowercase(),
-        allow_public_ports: config.auth.allow_public_ports,
+        allow_public_ports: AtomicBool::new(config.auth.allow_public_ports),
         max_head_bytes: config.public.max_head_bytes,
-        head_timeout: std::time::Duration::from_secs(config.public.head_timeout_secs.max(1)),
+        head_timeout: Duration::from_secs(config.public.head_timeout_secs.max(1)),
+        metrics: metrics.clone(),
+    });
+    let admin = Arc::new(Admin {
+        registry: registry.clone(),
+        verifier,
+        metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
     });
     tokio::spawn(agents.clone().serve_quic(endpoint.clone()));
-    tokio::spawn(agents.serve_tcp(agents_tcp, identity.agent_listener_tcp()?));
+    tokio::spawn(agents.serve_tcp(agents_tcp, certs::agent_listener_tcp(&certs)?));
     tokio::spawn(front::serve_tls(
         public,
-        identity.front_door()?,
+        certs::front_door(&certs)?,
         front.clone(),
     ));
     if let Some(plain) = plain {
-        tokio::spawn(front::serve_plain(plain, front));
+        tokio::spawn(front::serve_plain(plain, front.clone()));
     }
-    info!(agents = %config.agents.listen, public = %config.public.listen, "gateway listening");
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+    info!(
+        agents = %config.agents.listen, public = %config.public.listen, admin = %config.admin.listen,
+        "gateway listening"
+    );
     print_banner(&config, &identity, &cert);
 
-    shutdown_signal().await;
+    // 4. Until told to stop: SIGHUP reloads, SIGINT or SIGTERM ends.
+    let live = Live {
+        config,
+        certs,
+        front,
+    };
+    signals(live, &reload).await;
+
+    admin.draining.store(true, Ordering::Relaxed);
     info!(spaces = registry.len(), "shutting down");
     for (_, entry) in registry.snapshot() {
-        let _ = entry
+        let reason = "draining: the gateway is shutting down".to_owned();
+        if entry
             .control
-            .try_send(agent_link::proto::ControlMessage::GoAway {
-                reason: "gateway shutting down".into(),
-            });
+            .try_send(agent_link::proto::ControlMessage::GoAway { reason })
+            .is_ok()
+        {
+            metrics.links_drained.inc();
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     endpoint.close(0u32.into(), b"gateway shutting down");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on tcp/{addr}"))
+}
+
+/// The configured certificate, or the development one in the data directory.
+fn load_identity(config: &Config) -> anyhow::Result<(PathBuf, Identity)> {
+    let (cert, key) = match (&config.public.cert, &config.public.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => ensure_dev_cert(&config.data_dir, &config.public.domain)?,
+    };
+    let identity = Identity::load(&cert, &key)?;
+    Ok((cert, identity))
+}
+
+/// What a reload may change while the gateway runs.
+struct Live {
+    config: Config,
+    certs: Arc<CertStore>,
+    front: Arc<Front>,
+}
+
+async fn signals(mut live: Live, reload: &Reload) {
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a signal handler cannot fail");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a signal handler cannot fail");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match apply_reload(&mut live, reload) {
+                Ok(()) => info!("configuration and certificates reloaded"),
+                Err(e) => warn!(error = format!("{e:#}"), "reload rejected; the running configuration is kept"),
+            },
+        }
+    }
+}
+
+/// Applies a new configuration if it is valid and changes only what can change while
+/// running: certificates and the public-ports policy. Listen addresses, keys and the
+/// domain need a restart, and a change to them rejects the whole reload.
+fn apply_reload(live: &mut Live, reload: &Reload) -> anyhow::Result<()> {
+    let new = reload()?;
+    new.validate()?;
+    let old = &live.config;
+    let fixed = [
+        ("agents.listen", old.agents.listen != new.agents.listen),
+        ("public.listen", old.public.listen != new.public.listen),
+        (
+            "public.plain_listen",
+            old.public.plain_listen != new.public.plain_listen,
+        ),
+        ("public.domain", old.public.domain != new.public.domain),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        (
+            "auth.public_key",
+            old.auth.public_key != new.auth.public_key,
+        ),
+        ("data_dir", old.data_dir != new.data_dir),
+    ];
+    if let Some((name, _)) = fixed.iter().find(|(_, changed)| *changed) {
+        anyhow::bail!("{name} changed; that takes a restart");
+    }
+    let (_, identity) = load_identity(&new)?;
+    live.certs.replace(&identity)?;
+    live.front
+        .allow_public_ports
+        .store(new.auth.allow_public_ports, Ordering::Relaxed);
+    info!(fingerprint = %identity.fingerprint(), "serving certificate");
+    live.config = new;
     Ok(())
 }
 
@@ -130,15 +227,6 @@ fn verifying_key(config: &Config) -> anyhow::Result<VerifyingKey> {
     key.save_public(&public)?;
     info!(path = %private.display(), "generated a development key pair");
     Ok(key.verifying_key())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail in a running process");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[allow(clippy::print_stdout)]

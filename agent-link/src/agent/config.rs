@@ -2,6 +2,7 @@
 //! (`KNOT_*`), overridden by flags.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,7 +27,8 @@ pub struct AgentConfig {
     #[arg(long, env = "KNOT_SPACEID")]
     pub space_id: Option<String>,
 
-    /// The space's user (informational, as above).
+    /// The space's user: the user startup scripts run as. (The gateway takes the
+    /// identity from the token.)
     #[arg(long, env = "KNOT_USER")]
     pub user: Option<String>,
 
@@ -87,6 +89,28 @@ pub struct AgentConfig {
         default_value = "10"
     )]
     pub quic_probe_interval: Duration,
+
+    /// Address of the HTTPS `/ping` and `/status` listener. All interfaces by default:
+    /// the scheduler's health check comes from outside the space's container.
+    #[arg(long, env = "KNOT_AGENT_PING_LISTEN", default_value = "0.0.0.0:3000")]
+    pub ping_listen: SocketAddr,
+
+    /// Scripts run at start, as the agent's own user (root in a space), in name order.
+    #[arg(
+        long,
+        env = "KNOT_SYSTEM_STARTUP_DIR",
+        default_value = "/etc/knot-startup.d"
+    )]
+    pub system_startup_dir: PathBuf,
+
+    /// Scripts run after the system ones, as the space's user (`--user`); a leading
+    /// `~` is that user's home directory.
+    #[arg(
+        long,
+        env = "KNOT_USER_STARTUP_DIR",
+        default_value = "~/.knot-startup.d"
+    )]
+    pub user_startup_dir: PathBuf,
 }
 
 /// The agent's choice of transport.

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::config::{AgentConfig, ConfigError};
 use super::serve::{serve_stream, Offered};
+use super::status::LinkUp;
 use crate::heartbeat::{Heartbeat, Silent};
 use crate::io::{send_control, ControlReader, ReadError};
 use crate::proto::{ControlMessage, RejectReason, Service, ALPN_MUX, ALPN_QUIC, PROTOCOL_VERSION};
@@ -162,12 +163,19 @@ impl Connector {
         let (send, control, session, ping_interval) = result?;
         let span = info_span!("link", session, gateway = %addr, transport = link.kind().as_str());
         info!(parent: &span, "registered");
+        let up = LinkUp {
+            transport: link.kind(),
+            gateway: addr,
+            session,
+            since: SystemTime::now(),
+        };
         Ok(Session {
             link,
             send,
             control,
             ping_interval,
             span,
+            up,
         })
     }
 
@@ -215,11 +223,17 @@ pub(super) struct Session {
     control: ControlReader<RecvHalf>,
     ping_interval: Duration,
     span: tracing::Span,
+    up: LinkUp,
 }
 
 impl Session {
     pub(super) fn kind(&self) -> TransportKind {
         self.link.kind()
+    }
+
+    /// What the agent's status shows while this session is the current one.
+    pub(super) fn link_up(&self) -> LinkUp {
+        self.up.clone()
     }
 
     /// Serves the link until it ends. On `GoAway` it returns at once, and the link

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::config::{AgentConfig, ConfigError, TransportMode};
 use super::connect::{Connector, LinkEnd, Session};
 use super::serve::Offered;
+use super::status::LinkStatus;
 use super::Backoff;
 use crate::proto::RejectReason;
 use crate::transport::TransportKind;
@@ -40,9 +41,12 @@ pub enum RunError {
     Endpoint(std::io::Error),
 }
 
-/// Keeps a link to the gateway until a permanent error.
-pub async fn run(config: AgentConfig) -> Result<(), RunError> {
-    let mut connector = Connector::new(&config)?;
+/// Keeps a link to the gateway until a permanent error, and keeps `status` up to date.
+pub(super) async fn keep_linked(
+    config: AgentConfig,
+    mut connector: Connector,
+    status: LinkStatus,
+) -> Result<(), RunError> {
     let offered = Arc::new(Offered::new(&connector.services));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let ports = offered.ports();
@@ -54,9 +58,10 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     loop {
         let started = Instant::now();
         let end = match establish(&mut connector, config.transport).await {
-            Ok(session) => serve(&mut connector, &config, session, &offered).await,
+            Ok(session) => serve(&mut connector, &config, session, &offered, &status).await,
             Err(end) => end,
         };
+        status.down(&end);
         match end {
             LinkEnd::Rejected { reason, message } if reason.is_permanent() => {
                 return Err(RunError::Rejected { reason, message });
@@ -110,8 +115,10 @@ async fn serve(
     config: &AgentConfig,
     session: Session,
     offered: &Arc<Offered>,
+    status: &LinkStatus,
 ) -> LinkEnd {
     let mut kind = session.kind();
+    status.registered(session.link_up());
     let mut current = tokio::spawn(session.run(offered.clone()).in_current_span());
     loop {
         let probing = config.transport == TransportMode::Auto && kind == TransportKind::Tcp;
@@ -129,6 +136,9 @@ async fn serve(
                         // The gateway sent the TCP link GoAway; that session keeps
                         // serving its open streams until they end, on its own.
                         info!("QUIC works again; new streams use the QUIC link");
+                        // The TCP session's end is never awaited once `current` is
+                        // replaced, so its drain cannot mark the agent disconnected.
+                        status.registered(session.link_up());
                         kind = session.kind();
                         current = tokio::spawn(session.run(offered.clone()).in_current_span());
                     }

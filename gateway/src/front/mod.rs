@@ -8,6 +8,7 @@ pub mod route;
 mod ws;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -25,7 +27,8 @@ pub use auth::{TOKEN_COOKIE, TOKEN_PARAM};
 pub use reply::Body;
 
 use crate::auth::{Grant, Verifier};
-use crate::open::open_stream;
+use crate::metrics::Metrics;
+use crate::open::{open_stream, OpenError};
 use crate::registry::{Entry, Registry, SpaceKey};
 use auth::Access;
 use route::Route;
@@ -42,8 +45,10 @@ pub struct Front {
     pub verifier: Verifier,
     /// `DOMAIN`.
     pub domain: String,
-    /// Whether declared-public HTTP ports skip the token check.
-    pub allow_public_ports: bool,
+    /// Whether declared-public HTTP ports skip the token check (reloadable).
+    pub allow_public_ports: AtomicBool,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
     /// Largest request head, bytes.
     pub max_head_bytes: usize,
     /// Time to send a request head.
@@ -162,7 +167,7 @@ async fn http_port(
 ) -> Response<Body> {
     let entry = front.registry.get(&space);
     let service = entry.as_ref().and_then(|e| e.service(port));
-    let public = front.allow_public_ports
+    let public = front.allow_public_ports.load(Ordering::Relaxed)
         && service
             .as_ref()
             .is_some_and(|s| s.public && s.kind == ServiceKind::Http);
@@ -205,7 +210,12 @@ async fn http_port(
         }
     }
     let class = class_for(service.as_ref());
-    forward(req, client, tls, &entry, port, class).await
+    let route = if class == StreamClass::Interactive {
+        "vnc"
+    } else {
+        "http"
+    };
+    forward(req, client, tls, front, &entry, port, class, route).await
 }
 
 /// The grant a service needs, whichever route reaches it: a token for HTTP ports must
@@ -250,15 +260,8 @@ async fn vnc(
             format!("space {space} offers no VNC desktop"),
         );
     };
-    forward(
-        req,
-        client,
-        tls,
-        &entry,
-        service.port,
-        StreamClass::Interactive,
-    )
-    .await
+    let class = StreamClass::Interactive;
+    forward(req, client, tls, front, &entry, service.port, class, "vnc").await
 }
 
 /// `/ssh/USER/SPACE` and `/tcp/USER/SPACE/PORT`: a websocket carrying raw TCP bytes.
@@ -312,12 +315,16 @@ async fn tcp_socket(
     };
 
     // 3. The stream, then the websocket.
-    match open_stream(&entry, service.port, client, class_for(Some(&service))).await {
-        Ok((stream, id)) => ws::accept(
-            req,
-            stream,
-            info_span!("stream", %space, port = service.port, request = %id),
-        ),
+    let route = if service.name == "ssh" { "ssh" } else { "tcp" };
+    let started = Instant::now();
+    let opened = open_stream(&entry, service.port, client, class_for(Some(&service))).await;
+    let outcome = opened.as_ref().map_or_else(OpenError::outcome, |_| "ok");
+    front.metrics.stream(route, outcome, started.elapsed());
+    match opened {
+        Ok(opened) => {
+            let span = info_span!("stream", %space, port = service.port, request = %opened.id);
+            ws::accept(req, opened, span, front.metrics.clone())
+        }
         Err(e) => {
             info!(%space, port = service.port, error = %e, "stream not opened");
             reply::open_failed(&e)
@@ -326,18 +333,25 @@ async fn tcp_socket(
 }
 
 /// Opens a stream to `port` and proxies the HTTP request over it.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     req: Request<Incoming>,
     client: ClientAddr,
     tls: bool,
-    entry: &Entry,
+    front: &Front,
+    entry: &Arc<Entry>,
     port: u16,
     class: StreamClass,
+    route: &'static str,
 ) -> Response<Body> {
-    match open_stream(entry, port, client, class).await {
-        Ok((stream, id)) => {
-            let span = info_span!("stream", session = %entry.session, port, request = %id);
-            proxy::forward(req, stream, client, tls)
+    let started = Instant::now();
+    let opened = open_stream(entry, port, client, class).await;
+    let outcome = opened.as_ref().map_or_else(OpenError::outcome, |_| "ok");
+    front.metrics.stream(route, outcome, started.elapsed());
+    match opened {
+        Ok(opened) => {
+            let span = info_span!("stream", session = %entry.session, port, request = %opened.id);
+            proxy::forward(req, opened, client, tls, &front.metrics)
                 .instrument(span)
                 .await
         }

@@ -2,7 +2,8 @@
 //! protocol upgrades (the VNC page's websocket) joined byte for byte.
 
 use agent_link::proto::ClientAddr;
-use agent_link::transport::DataStream;
+use std::sync::Arc;
+
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -11,14 +12,22 @@ use tracing::{debug, Instrument};
 
 use super::auth::strip_credentials;
 use super::reply::{self, Body};
+use crate::metrics::Metrics;
+use crate::open::{Counted, Opened};
 
 /// Sends `req` to the space over `stream` and returns the space's response.
 pub(super) async fn forward(
     mut req: Request<Incoming>,
-    stream: DataStream,
+    opened: Opened,
     client: ClientAddr,
     tls: bool,
+    metrics: &Metrics,
 ) -> Response<Body> {
+    // The guard counts the stream as open until both the connection task and, after an
+    // upgrade, the joined relay are done with it.
+    let Opened { stream, guard, .. } = opened;
+    let guard = Arc::new(guard);
+    let stream = Counted::new(stream, metrics.from_space.clone(), metrics.to_space.clone());
     // 1. Take the client's upgrade future before the request is moved upstream; it
     //    resolves once our 101 response has been written to the client.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -37,11 +46,13 @@ pub(super) async fn forward(
             )
         }
     };
+    let conn_guard = guard.clone();
     tokio::spawn(
         async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection failed");
             }
+            drop(conn_guard);
         }
         .in_current_span(),
     );
@@ -59,7 +70,14 @@ pub(super) async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(join_upgraded(client_upgrade, upstream).in_current_span());
+            let guard = guard.clone();
+            tokio::spawn(
+                async move {
+                    join_upgraded(client_upgrade, upstream).await;
+                    drop(guard);
+                }
+                .in_current_span(),
+            );
         }
     }
     resp.map(|body| body.boxed())

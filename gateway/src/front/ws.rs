@@ -22,6 +22,9 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument, Span};
 
 use super::reply::{self, Body};
+use crate::metrics::Metrics;
+use crate::open::Opened;
+use std::sync::Arc;
 
 /// Largest websocket message accepted from a client (1 MiB); a client streams bytes in
 /// many messages, so there is no reason to buffer more than this for one.
@@ -75,7 +78,12 @@ pub(super) fn check_upgrade(req: &Request<Incoming>) -> Result<(), Response<Body
 }
 
 /// Answers 101 and relays between the upgraded connection and `stream`.
-pub(super) fn accept(mut req: Request<Incoming>, stream: DataStream, span: Span) -> Response<Body> {
+pub(super) fn accept(
+    mut req: Request<Incoming>,
+    opened: Opened,
+    span: Span,
+    metrics: Arc<Metrics>,
+) -> Response<Body> {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -90,7 +98,11 @@ pub(super) fn accept(mut req: Request<Incoming>, stream: DataStream, span: Span)
     tokio::spawn(
         async move {
             match upgrade.await {
-                Ok(upgraded) => relay(upgraded, stream).await,
+                Ok(upgraded) => {
+                    let Opened { stream, guard, .. } = opened;
+                    relay(upgraded, stream, &metrics).await;
+                    drop(guard);
+                }
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
             }
         }
@@ -129,7 +141,7 @@ enum Ended {
     Close,
 }
 
-async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
+async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream, metrics: &Metrics) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
@@ -145,6 +157,7 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
             match source.next().await {
                 Some(Ok(Message::Binary(b))) if b.is_empty() => break Ok(Ended::HalfClose),
                 Some(Ok(Message::Binary(b))) => {
+                    metrics.to_space.inc_by(b.len() as u64);
                     if let Err(e) = send.write_all(&b).await {
                         break Err(e.to_string());
                     }
@@ -174,6 +187,7 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream) {
                     break Ok(Ended::HalfClose);
                 }
                 Ok(n) => {
+                    metrics.from_space.inc_by(n as u64);
                     if let Err(e) = sink
                         .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
                         .await

@@ -44,6 +44,7 @@ pub struct Gateway {
     dir: TempDir,
     pub agent_port: u16,
     pub public_port: u16,
+    pub admin_port: u16,
     pub fingerprint: String,
 }
 
@@ -51,12 +52,13 @@ impl Gateway {
     /// Starts `gateway run` on fresh loopback ports with extra flags.
     pub fn start_with(extra: &[&str]) -> Gateway {
         let dir = TempDir::new("test-gateway");
-        let (agent_port, public_port) = (free_port(), free_port());
+        let (agent_port, public_port, admin_port) = (free_port(), free_port(), free_port());
         let child = Command::new(gateway_bin())
             .args(["--data-dir", dir.path().to_str().unwrap()])
             .arg("run")
             .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
             .args(["--public-listen", &format!("127.0.0.1:{public_port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(extra)
             .env("RUST_LOG", "info,gateway=debug")
             .stdout(fs::File::create(dir.path().join("stdout.log")).unwrap())
@@ -68,6 +70,7 @@ impl Gateway {
             dir,
             agent_port,
             public_port,
+            admin_port,
             fingerprint: String::new(),
         };
         let banner = gw.wait_for_file("stdout.log", "fingerprint", 1);
@@ -179,6 +182,25 @@ impl Gateway {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The gateway's process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (such as `HUP`) to the gateway with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// `http://127.0.0.1:ADMIN_PORT`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
     /// Whether the process is still running.
