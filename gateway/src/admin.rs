@@ -132,7 +132,10 @@ fn api(
         },
         (&Method::DELETE, ["api", "spaces", user, space]) => match lookup(admin, user, space) {
             Some((key, entry)) => {
-                info!(space = %key, session = %entry.session, %operator, admin.addr = %client, "space disconnected by an operator");
+                info!(
+                    space = %key, session = %entry.session, %operator, admin.addr = %client,
+                    "space disconnected by an operator"
+                );
                 let reason = "disconnected by an operator".to_owned();
                 let _ = entry
                     .control
@@ -164,7 +167,9 @@ fn describe(key: &SpaceKey, entry: &Entry) -> Value {
         .read()
         .expect("services lock poisoned")
         .iter()
-        .map(|s| json!({ "name": s.name, "port": s.port, "kind": s.kind.as_str(), "public": s.public }))
+        .map(|s| {
+            json!({ "name": s.name, "port": s.port, "kind": s.kind.as_str(), "public": s.public })
+        })
         .collect();
     let rtt_micros = entry.rtt_micros.load(Ordering::Relaxed);
     json!({

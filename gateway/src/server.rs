@@ -101,7 +101,8 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     }
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     info!(
-        agents = %config.agents.listen, public = %config.public.listen, admin = %config.admin.listen,
+        agents = %config.agents.listen, public = %config.public.listen,
+        admin = %config.admin.listen,
         "gateway listening"
     );
     print_banner(&config, &identity, &cert);
@@ -164,7 +165,10 @@ async fn signals(mut live: Live, reload: &Reload) {
             _ = term.recv() => return,
             _ = hup.recv() => match apply_reload(&mut live, reload) {
                 Ok(()) => info!("configuration and certificates reloaded"),
-                Err(e) => warn!(error = format!("{e:#}"), "reload rejected; the running configuration is kept"),
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    warn!(%error, "reload rejected; the running configuration is kept");
+                }
             },
         }
     }
