@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::auth::{AgentClaims, TokenError, Verifier};
 use crate::front::route::space_key;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::registry::{Entry, Registry, SpaceKey};
 
 /// What the agent listener needs.
@@ -33,6 +34,8 @@ pub struct AgentListener {
     pub hello_timeout: Duration,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// Registration attempts per source address.
+    pub limiter: RateLimiter,
 }
 
 /// Why a link was not registered or ended.
@@ -137,11 +140,21 @@ impl AgentListener {
             }
         };
 
-        // 2. Version and token; the space's identity comes from the token alone.
+        // 2. Not too often from one address; then version and token. The space's
+        //    identity comes from the token alone.
+        let source = link.remote_addr().ip();
+        if !self.limiter.allows(source, Instant::now()) {
+            self.metrics.registration("rate_limited");
+            let message =
+                "too many registration attempts from this address; retry in a few seconds";
+            reject(&mut send, RejectReason::Unavailable, message).await;
+            return Err(LinkEnd::Rejected(message.to_owned()));
+        }
         let (key, claims, services) = match self.check_hello(hello) {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 self.metrics.registration(reason_label(reason));
+                self.limiter.failed(source, Instant::now());
                 reject(&mut send, reason, &message).await;
                 return Err(LinkEnd::Rejected(message));
             }

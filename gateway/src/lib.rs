@@ -21,5 +21,6 @@ pub mod front;
 pub mod keys;
 pub mod metrics;
 pub mod open;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;

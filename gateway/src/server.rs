@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::front::{self, Front};
 use crate::keys::{SigningKey, VerifyingKey};
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::registry::Registry;
 
 /// The private key file in a data directory.
@@ -73,6 +74,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         ping_interval: config.agents.ping_interval(),
         hello_timeout: config.agents.hello_timeout(),
         metrics: metrics.clone(),
+        limiter: RateLimiter::new(),
     });
     let front = Arc::new(Front {
         registry: registry.clone(),

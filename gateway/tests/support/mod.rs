@@ -290,6 +290,16 @@ impl Agent {
 
     /// Starts an agent with an arbitrary token and does not wait for anything.
     pub fn spawn(gw: &Gateway, token: &str, env: &[(&str, String)]) -> Agent {
+        Self::spawn_with_fingerprint(gw, &gw.fingerprint, token, env)
+    }
+
+    /// Like [`spawn`](Self::spawn), pinning `fingerprint` instead of the gateway's.
+    pub fn spawn_with_fingerprint(
+        gw: &Gateway,
+        fingerprint: &str,
+        token: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
         let dir = TempDir::new("test-agent");
         let child = Command::new(agent_bin())
             .env_clear()
@@ -299,7 +309,7 @@ impl Agent {
                 "KNOT_AGENT_ENDPOINT",
                 format!("127.0.0.1:{}", gw.agent_port),
             )
-            .env("KNOT_AGENT_GATEWAY_FINGERPRINT", &gw.fingerprint)
+            .env("KNOT_AGENT_GATEWAY_FINGERPRINT", fingerprint)
             .env("KNOT_AGENT_TOKEN", token)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -312,6 +322,11 @@ impl Agent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the agent to exit and returns its exit code.
