@@ -24,6 +24,9 @@ declare -A NEEDED=(
     [openssl]=openssl
     [promtool]=prometheus
     [systemd-analyze]=systemd
+    # Debian's own browser build for the browser-login test (e2e_browser.rs),
+    # run headless; nothing is downloaded by npm or playwright.
+    [chromium]=chromium
 )
 
 # file -> Debian package, for what is not a command: nginx's stream module

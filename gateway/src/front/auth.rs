@@ -51,7 +51,8 @@ fn bearer<B>(req: &Request<B>) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-fn query_token<B>(req: &Request<B>) -> Option<String> {
+/// The token in `?access_token=`, if any (the first, should there be several).
+pub fn query_token<B>(req: &Request<B>) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         // JWTs are base64url and dots: nothing in them needs percent-decoding.
@@ -86,22 +87,33 @@ fn strip_query_token<B>(req: &mut Request<B>) {
     let Some(query) = req.uri().query() else {
         return;
     };
-    if !query.split('&').any(|p| p.starts_with("access_token=")) {
+    if !has_token_param(query) {
         return;
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.starts_with("access_token="))
-        .collect();
     let path = req.uri().path();
-    let pq = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
+    let pq = match query_without_token(query) {
+        Some(kept) => format!("{path}?{kept}"),
+        None => path.to_owned(),
     };
     if let Ok(uri) = pq.parse() {
         *req.uri_mut() = uri;
     }
+}
+
+/// `query` without its `access_token=` parameters, in the same order; `None` when
+/// nothing else is left.
+pub fn query_without_token(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token_param(p)).collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+fn has_token_param(query: &str) -> bool {
+    query.split('&').any(is_token_param)
+}
+
+fn is_token_param(pair: &str) -> bool {
+    pair.strip_prefix(TOKEN_PARAM)
+        .is_some_and(|rest| rest.starts_with('='))
 }
 
 fn strip_cookie<B>(req: &mut Request<B>) {
@@ -149,5 +161,18 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(token(&req).as_deref(), Some("BB"));
+    }
+
+    #[test]
+    fn query_without_the_token_keeps_the_rest_in_order() {
+        assert_eq!(
+            query_without_token("x=1&access_token=T&y=2").as_deref(),
+            Some("x=1&y=2")
+        );
+        assert_eq!(query_without_token("access_token=T"), None);
+        assert_eq!(
+            query_without_token("access_token_x=1&access_token=T&access_token=U").as_deref(),
+            Some("access_token_x=1")
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! balancer that terminates TLS), HTTP/1.1 with upgrades, routing by host and path.
 
 mod auth;
+mod login;
 mod proxy;
 mod reply;
 pub mod route;
@@ -171,6 +172,10 @@ async fn http_port(
         && service
             .as_ref()
             .is_some_and(|s| s.public && s.kind == ServiceKind::Http);
+    if !public && login::is_login(&req) {
+        let grant = grant_for(service.as_ref(), Grant::Http);
+        return login::login(&req, tls, front, &space, grant);
+    }
     if !public {
         if let Err(resp) = authorize(
             &req,
@@ -248,6 +253,9 @@ async fn vnc(
     front: &Front,
     space: SpaceKey,
 ) -> Response<Body> {
+    if login::is_login(&req) {
+        return login::login(&req, tls, front, &space, Grant::Vnc);
+    }
     if let Err(resp) = authorize(&req, front, &space, Grant::Vnc) {
         return resp;
     }

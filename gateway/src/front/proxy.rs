@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, Instrument};
 
-use super::auth::strip_credentials;
+use super::auth::{strip_credentials, TOKEN_COOKIE};
 use super::reply::{self, Body};
 use crate::metrics::Metrics;
 use crate::open::{Counted, Opened};
@@ -80,6 +80,7 @@ pub(super) async fn forward(
             );
         }
     }
+    drop_gateway_cookies(resp.headers_mut());
     resp.map(|body| body.boxed())
 }
 
@@ -116,5 +117,44 @@ fn add_forwarded<B>(req: &mut Request<B>, client: ClientAddr, tls: bool) {
     );
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Removes any `Set-Cookie` for the gateway's own cookie from a space's response: a web
+/// app in one space could otherwise plant a token cookie for the whole domain, which the
+/// browser would then send to every other space.
+fn drop_gateway_cookies(headers: &mut http::HeaderMap) {
+    let prefix = format!("{TOKEN_COOKIE}=");
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            !v.to_str()
+                .is_ok_and(|v| v.trim_start().starts_with(&prefix))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_space_cannot_set_the_gateways_cookie() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("app=1; Path=/"),
+        );
+        let planted = format!("{TOKEN_COOKIE}=planted; Domain=gateway.localhost");
+        headers.append(header::SET_COOKIE, HeaderValue::from_str(&planted).unwrap());
+        drop_gateway_cookies(&mut headers);
+        let left: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["app=1; Path=/"]);
     }
 }
