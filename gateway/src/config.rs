@@ -96,6 +96,9 @@ pub struct PublicConfig {
     /// Size of the buffer a request head must fit in, in bytes; a head that overflows
     /// it gets 431. Default 65536.
     pub max_head_bytes: usize,
+    /// On SIGTERM, how long open streams may go on before the gateway exits anyway,
+    /// in seconds. Default 30.
+    pub drain_timeout_secs: u64,
     /// Time a client has to send a whole request head, in seconds; a client that is
     /// slower is disconnected (without a 408 for now). Default 30.
     pub head_timeout_secs: u64,
@@ -147,6 +150,7 @@ impl Default for PublicConfig {
             key: None,
             max_head_bytes: 64 * 1024,
             head_timeout_secs: 30,
+            drain_timeout_secs: 30,
         }
     }
 }

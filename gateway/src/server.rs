@@ -11,6 +11,7 @@ use agent_link::transport::quic::{server_endpoint, LinkTuning};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
@@ -84,6 +85,9 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         max_head_bytes: config.public.max_head_bytes,
         head_timeout: Duration::from_secs(config.public.head_timeout_secs.max(1)),
         metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
+        drain: tokio::sync::watch::Sender::new(false),
+        connections: std::sync::atomic::AtomicUsize::new(0),
     });
     let admin = Arc::new(Admin {
         registry: registry.clone(),
@@ -91,15 +95,17 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
     });
-    tokio::spawn(agents.clone().serve_quic(endpoint.clone()));
-    tokio::spawn(agents.serve_tcp(agents_tcp, certs::agent_listener_tcp(&certs)?));
-    tokio::spawn(front::serve_tls(
-        public,
-        certs::front_door(&certs)?,
-        front.clone(),
-    ));
+    let mut listeners = vec![
+        tokio::spawn(agents.clone().serve_quic(endpoint.clone())),
+        tokio::spawn(agents.serve_tcp(agents_tcp, certs::agent_listener_tcp(&certs)?)),
+        tokio::spawn(front::serve_tls(
+            public,
+            certs::front_door(&certs)?,
+            front.clone(),
+        )),
+    ];
     if let Some(plain) = plain {
-        tokio::spawn(front::serve_plain(plain, front.clone()));
+        listeners.push(tokio::spawn(front::serve_plain(plain, front.clone())));
     }
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     info!(
@@ -110,27 +116,54 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     print_banner(&config, &identity, &cert);
 
     // 4. Until told to stop: SIGHUP reloads, SIGINT or SIGTERM ends.
+    let drain_timeout = Duration::from_secs(config.public.drain_timeout_secs);
     let live = Live {
         config,
         certs,
-        front,
+        front: front.clone(),
     };
     signals(live, &reload).await;
 
+    // 5. Drain: fail readiness, stop accepting, tell agents to go elsewhere, let open
+    //    streams finish up to the deadline, then close every link.
     admin.draining.store(true, Ordering::Relaxed);
-    info!(spaces = registry.len(), "shutting down");
+    front.draining.store(true, Ordering::Relaxed);
+    front.drain.send_replace(true);
+    endpoint.set_server_config(None);
+    for listener in &listeners {
+        listener.abort();
+    }
+    info!(spaces = registry.len(), "draining");
     for (_, entry) in registry.snapshot() {
         let reason = "draining: the gateway is shutting down".to_owned();
-        if entry
-            .control
-            .try_send(agent_link::proto::ControlMessage::GoAway { reason })
-            .is_ok()
-        {
+        let goaway = agent_link::proto::ControlMessage::GoAway { reason };
+        if entry.control.try_send(goaway).is_ok() {
             metrics.links_drained.inc();
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + drain_timeout;
+    let streams = || {
+        registry
+            .snapshot()
+            .iter()
+            .map(|(_, e)| e.open_streams.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let connections = || front.connections.load(Ordering::Relaxed);
+    while (streams() > 0 || connections() > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    info!(
+        open_streams = streams(),
+        connections = connections(),
+        "drained; closing links"
+    );
     endpoint.close(0u32.into(), b"gateway shutting down");
+    for (_, entry) in registry.snapshot() {
+        entry.link.close("gateway shutting down");
+    }
+    // Let the close frames leave before the process does.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
 

@@ -50,6 +50,12 @@ pub struct Front {
     pub allow_public_ports: AtomicBool,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// Set when the gateway drains: new requests are refused, open streams go on.
+    pub draining: AtomicBool,
+    /// Tells every front-door connection to finish its response and close.
+    pub drain: tokio::sync::watch::Sender<bool>,
+    /// Front-door connections being served.
+    pub connections: std::sync::atomic::AtomicUsize,
     /// Largest request head, bytes.
     pub max_head_bytes: usize,
     /// Time to send a request head.
@@ -109,22 +115,52 @@ async fn serve_conn<IO>(io: IO, client: SocketAddr, tls: bool, front: Arc<Front>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _counted = ConnectionGuard::new(&front);
+    let mut drain = front.drain.subscribe();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(front.head_timeout)
         .max_buf_size(front.max_head_bytes);
+    let handler = front.clone();
     let service = service_fn(move |req| {
-        let front = front.clone();
+        let front = handler.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, client, tls, &front).await) }
     });
-    if let Err(e) = builder
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+
+    // On drain, hyper finishes the response in flight (a download keeps going to its
+    // last byte) and then closes the connection instead of waiting for another request.
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = async { drop(drain.wait_for(|draining| *draining).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         // Clients that vanish mid-request are ordinary; nothing for an operator here.
         debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts a front-door connection for as long as it is served, so that a drain can
+/// wait for responses still being written.
+struct ConnectionGuard(Arc<Front>);
+
+impl ConnectionGuard {
+    fn new(front: &Arc<Front>) -> Self {
+        front.connections.fetch_add(1, Ordering::Relaxed);
+        Self(front.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -136,6 +172,19 @@ async fn handle(
     tls: bool,
     front: &Front,
 ) -> Response<Body> {
+    if front.draining.load(Ordering::Relaxed) {
+        let mut resp = reply::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down; retry",
+        );
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    }
     let host = req
         .headers()
         .get(header::HOST)

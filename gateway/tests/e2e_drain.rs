@@ -1,0 +1,99 @@
+//! SIGTERM drains: readiness fails, nothing new is accepted, a download already under
+//! way finishes whole, and the process exits 0.
+
+// Helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::servers::{sha256_file, write_random_file, Nginx, TempDir};
+use support::{Agent, Gateway, Transport};
+
+#[test]
+fn sigterm_lets_an_open_download_finish_and_exits_zero() {
+    let root = TempDir::new("test-www");
+    let file = root.path().join("big.bin");
+    write_random_file(&file, 12 << 20);
+    let nginx = Nginx::start(root.path());
+    let mut gw = Gateway::start();
+    let _agent = Agent::start(
+        &gw,
+        Transport::Quic,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
+    let token = gw.user_token("alice", &["alice--web"]);
+    let out_dir = TempDir::new("test-drain");
+    let out = out_dir.path().join("big.bin");
+
+    // A download paced to take about four seconds.
+    let url = gw.space_url(&format!("alice--web--{}", nginx.port()), "/big.bin");
+    let download = Command::new("curl")
+        .args(["--silent", "--show-error", "--fail", "--limit-rate", "3M"])
+        .args(["--cacert", gw.cacert().to_str().unwrap()])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-o",
+            out.to_str().unwrap(),
+            &url,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    gw.signal("TERM");
+    gw.wait_for_log("draining", 1);
+    let ready = support::curl(
+        &gw,
+        &[
+            "--write-out",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            &gw.admin_url("/readyz"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "503",
+        "readiness fails while draining"
+    );
+    let late = support::curl(
+        &gw,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &url,
+            "-o",
+            "/dev/null",
+        ],
+    );
+    assert!(
+        !late.status.success(),
+        "no new request is served while draining"
+    );
+
+    let result = download.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "the open download failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out),
+        sha256_file(&file),
+        "the open download finished whole"
+    );
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "log:\n{}",
+        gw.log()
+    );
+}
