@@ -12,17 +12,11 @@ mod support;
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent_link::tls::Trust;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Error;
-
 use support::servers::{Nginx, TempDir, VncDesktop};
-use support::ws::{ByteStream, Ws};
+use support::ws::{connect_with_headers, ByteStream, Ws};
 use support::{curl, Agent, Gateway, Transport};
 
 /// A user token's default lifetime (`gateway token user` without `--ttl`).
@@ -340,30 +334,11 @@ async fn the_vnc_login_cookie_alone_opens_the_desktop_websocket() {
     assert_eq!(ByteStream::new(ws).read_exact(12).await, b"RFB 003.008\n");
 }
 
-/// Opens `url` (a `wss://` URL under the gateway's domain) with an optional `Cookie`
-/// header and the `binary` subprotocol. An HTTP refusal comes back as `Err(status)`.
+/// Opens `url` with an optional `Cookie` header and the `binary` subprotocol.
 async fn connect(gw: &Gateway, url: &str, cookie: Option<&str>) -> Result<Ws, u16> {
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
+    let mut headers = vec![("sec-websocket-protocol", "binary".to_owned())];
     if let Some(c) = cookie {
-        headers.insert("cookie", c.parse().unwrap());
+        headers.push(("cookie", c.to_owned()));
     }
-    headers.insert("sec-websocket-protocol", "binary".parse().unwrap());
-    let host = request.uri().host().unwrap().to_owned();
-    let tcp = TcpStream::connect(("127.0.0.1", gw.public_port))
-        .await
-        .unwrap();
-    let config = Trust::CaFile(gw.cacert())
-        .client_config(&[b"http/1.1"])
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    match tokio_tungstenite::client_async(request, tls).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("websocket handshake failed: {e}"),
-    }
+    connect_with_headers(gw, url, &headers).await
 }

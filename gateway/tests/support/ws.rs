@@ -25,16 +25,25 @@ pub async fn connect(
     token: Option<&str>,
     protocol: Option<&str>,
 ) -> Result<Ws, u16> {
-    let mut request = url.into_client_request().unwrap();
+    let mut headers = Vec::new();
     if let Some(t) = token {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        headers.push(("authorization", format!("Bearer {t}")));
     }
     if let Some(p) = protocol {
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", p.parse().unwrap());
+        headers.push(("sec-websocket-protocol", p.to_owned()));
+    }
+    connect_with_headers(gw, url, &headers).await
+}
+
+/// Opens `url` with extra request headers (a cookie, a subprotocol...).
+pub async fn connect_with_headers(
+    gw: &Gateway,
+    url: &str,
+    headers: &[(&'static str, String)],
+) -> Result<Ws, u16> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
     }
     let host = request.uri().host().unwrap().to_owned();
     let tcp = TcpStream::connect(("127.0.0.1", gw.public_port))
