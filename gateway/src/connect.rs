@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::certs::dev_paths;
@@ -154,6 +155,16 @@ where
                 Message::Binary(b) => {
                     stdout.write_all(&b).await?;
                     stdout.flush().await?;
+                }
+                // The gateway closes with an error code when the stream was cut (the
+                // agent or the space's service died): that must not look like a
+                // finished session to whatever reads our output.
+                Message::Close(Some(close)) if close.code != CloseCode::Normal => {
+                    bail!(
+                        "the connection to the space was cut ({}): {}",
+                        close.code,
+                        close.reason
+                    )
                 }
                 Message::Close(_) => break,
                 _ => {}

@@ -32,6 +32,13 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     keep_linked(config, connector, status).await
 }
 
+/// Keeps the link only, with no `/ping` listener and no startup scripts: for harnesses
+/// such as `loadtest` that run many agents in one process. Runs until a permanent error.
+pub async fn run_link_only(config: AgentConfig) -> Result<(), RunError> {
+    let connector = Connector::new(&config)?;
+    keep_linked(config, connector, LinkStatus::new()).await
+}
+
 /// Opens the `/ping` and `/status` listener. If it cannot, the agent links anyway:
 /// users can reach the space, and the scheduler's failing check says what is wrong.
 async fn start_ping(config: &AgentConfig, status: LinkStatus, facts: AgentFacts) {

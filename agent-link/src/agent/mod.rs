@@ -17,5 +17,5 @@ mod status;
 
 pub use backoff::Backoff;
 pub use config::{AgentConfig, ConfigError, TransportMode};
-pub use daemon::run;
+pub use daemon::{run, run_link_only};
 pub use session::RunError;

@@ -97,6 +97,8 @@ async fn serve_open(mut stream: DataStream, open: StreamOpen, offered: &Offered)
             // sees an aborted transfer rather than a clean end.
             debug!(error = %e, "stream aborted");
             stream.reset();
+            // And the other way: the local service sees a reset, not end-of-file.
+            let _ = tcp.set_zero_linger();
         }
     }
 }

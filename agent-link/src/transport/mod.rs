@@ -12,9 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use mux::{MuxLink, MuxStream};
+use mux::{MuxLink, MuxRecv, MuxSend, MuxStream};
 
 use crate::proto::StreamClass;
 
@@ -149,7 +149,7 @@ pub struct DataStream {
 
 impl DataStream {
     fn from_mux(stream: MuxStream) -> Self {
-        let (recv, send) = tokio::io::split(stream);
+        let (recv, send) = mux::split(stream);
         Self {
             send: SendHalf::Mux(send),
             recv: RecvHalf::Mux(recv),
@@ -193,7 +193,7 @@ pub enum SendHalf {
     /// A QUIC send stream.
     Quic(quinn::SendStream),
     /// The writing half of a yamux stream.
-    Mux(WriteHalf<MuxStream>),
+    Mux(MuxSend),
 }
 
 impl SendHalf {
@@ -216,7 +216,7 @@ pub enum RecvHalf {
     /// A QUIC receive stream.
     Quic(quinn::RecvStream),
     /// The reading half of a yamux stream.
-    Mux(ReadHalf<MuxStream>),
+    Mux(MuxRecv),
 }
 
 impl RecvHalf {

@@ -5,12 +5,14 @@
 //! [`MuxLink::accept`]) and serves outbound opens that arrive on a channel.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -38,8 +40,13 @@ fn split_send_size() -> usize {
 /// requires the connection window to cover 256 KiB for each.
 const MAX_STREAMS: usize = 4096;
 
-/// A yamux stream as a tokio byte stream.
-pub type MuxStream = Compat<Stream>;
+/// A yamux stream as a tokio byte stream, with what its reading half needs to tell a
+/// clean end from a cut one.
+#[derive(Debug)]
+pub struct MuxStream {
+    stream: Compat<Stream>,
+    link_closed: CancellationToken,
+}
 
 enum Command {
     Open(oneshot::Sender<Result<Stream, ConnectionError>>),
@@ -118,9 +125,15 @@ impl MuxLink {
             .commands
             .send(Command::Open(tx))
             .map_err(|_| ConnectionError::Closed)?;
-        rx.await
-            .map_err(|_| ConnectionError::Closed)?
-            .map(FuturesAsyncReadCompatExt::compat)
+        let stream = rx.await.map_err(|_| ConnectionError::Closed)??;
+        Ok(self.wrap(stream))
+    }
+
+    fn wrap(&self, stream: Stream) -> MuxStream {
+        MuxStream {
+            stream: stream.compat(),
+            link_closed: self.shared.closed.clone(),
+        }
     }
 
     /// The next stream the peer opened, or `None` once the link is gone.
@@ -131,7 +144,7 @@ impl MuxLink {
             .await
             .recv()
             .await
-            .map(FuturesAsyncReadCompatExt::compat)
+            .map(|stream| self.wrap(stream))
     }
 
     /// Waits until the link has closed.
@@ -226,4 +239,104 @@ pub async fn connect_tls(
     tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
+}
+
+/// Splits a yamux stream into its reading and writing halves.
+pub fn split(stream: MuxStream) -> (MuxRecv, MuxSend) {
+    let shared = Arc::new(Halves {
+        stream: Mutex::new(stream.stream),
+        link_closed: stream.link_closed,
+        fin_sent: AtomicBool::new(false),
+    });
+    (MuxRecv(shared.clone()), MuxSend(shared))
+}
+
+/// What both halves of a yamux stream share.
+///
+/// yamux reads end-of-file alike for the peer's FIN, the peer's reset and the end of
+/// the whole link, so a cut download would pass for a complete one. The reading half
+/// therefore looks at the stream's state at end-of-file: a stream that is fully closed
+/// although this side never sent its FIN was reset or lost with its link, and reads an
+/// error. After this side's FIN both ends look the same; then only the link's end
+/// tells. (One case stays invisible: a peer that drops a stream after the FIN it
+/// received sends FIN, not reset; yamux offers no way to reset such a stream.)
+#[derive(Debug)]
+struct Halves {
+    stream: Mutex<Compat<Stream>>,
+    link_closed: CancellationToken,
+    fin_sent: AtomicBool,
+}
+
+impl Halves {
+    /// The stream, for one poll. The other half holds it only within a poll of its
+    /// own, so a busy lock is retried at once rather than waited for.
+    fn lock(&self, cx: &mut Context<'_>) -> Poll<tokio::sync::MutexGuard<'_, Compat<Stream>>> {
+        match self.stream.try_lock() {
+            Ok(guard) => Poll::Ready(guard),
+            Err(_) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The reading half of a yamux stream.
+#[derive(Debug)]
+pub struct MuxRecv(Arc<Halves>);
+
+/// The writing half of a yamux stream.
+#[derive(Debug)]
+pub struct MuxSend(Arc<Halves>);
+
+impl AsyncRead for MuxRecv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let halves = &self.0;
+        let mut stream = ready!(halves.lock(cx));
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *stream).poll_read(cx, buf))?;
+        let eof = buf.filled().len() == before && buf.remaining() > 0;
+        if eof && stream.get_ref().is_closed() {
+            let cut = if halves.fin_sent.load(Ordering::Acquire) {
+                halves.link_closed.is_cancelled()
+            } else {
+                true
+            };
+            if cut {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the stream was reset or its link was lost",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for MuxSend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut stream = ready!(self.0.lock(cx));
+        Pin::new(&mut *stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut stream = ready!(self.0.lock(cx));
+        Pin::new(&mut *stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut stream = ready!(self.0.lock(cx));
+        // Marked before the FIN can reach the peer, so that the peer's answering FIN
+        // is never read while this still says "not sent".
+        self.0.fin_sent.store(true, Ordering::Release);
+        Pin::new(&mut *stream).poll_shutdown(cx)
+    }
 }

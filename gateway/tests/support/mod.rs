@@ -40,12 +40,14 @@ pub fn agent_bin() -> PathBuf {
 /// A running gateway with its own data directory and ports.
 #[derive(Debug)]
 pub struct Gateway {
-    child: Child,
+    child: Option<Child>,
     dir: TempDir,
     pub agent_port: u16,
     pub public_port: u16,
     pub admin_port: u16,
     pub fingerprint: String,
+    extra: Vec<String>,
+    starts: usize,
 }
 
 impl Gateway {
@@ -53,26 +55,17 @@ impl Gateway {
     pub fn start_with(extra: &[&str]) -> Gateway {
         let dir = TempDir::new("test-gateway");
         let (agent_port, public_port, admin_port) = (free_port(), free_port(), free_port());
-        let child = Command::new(gateway_bin())
-            .args(["--data-dir", dir.path().to_str().unwrap()])
-            .arg("run")
-            .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
-            .args(["--public-listen", &format!("127.0.0.1:{public_port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(extra)
-            .env("RUST_LOG", "info,gateway=debug")
-            .stdout(fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .expect("start gateway");
         let mut gw = Gateway {
-            child,
+            child: None,
             dir,
             agent_port,
             public_port,
             admin_port,
             fingerprint: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
         };
+        gw.spawn();
         let banner = gw.wait_for_file("stdout.log", "fingerprint", 1);
         gw.fingerprint = banner
             .lines()
@@ -81,6 +74,52 @@ impl Gateway {
             .trim()
             .to_owned();
         gw
+    }
+
+    /// Runs the gateway process on this gateway's ports and data directory, appending
+    /// to its logs.
+    fn spawn(&mut self) {
+        let (dir, extra) = (self.dir.path(), &self.extra);
+        let log = |name: &str| {
+            fs::File::options()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap()
+        };
+        let child = Command::new(gateway_bin())
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .arg("run")
+            .args(["--agent-listen", &format!("127.0.0.1:{}", self.agent_port)])
+            .args([
+                "--public-listen",
+                &format!("127.0.0.1:{}", self.public_port),
+            ])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_port)])
+            .args(extra)
+            .env("RUST_LOG", "info,gateway=debug")
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .expect("start gateway");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// Kills the gateway with SIGKILL: no drain, no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the gateway again, after [`kill`](Self::kill) or an exit, on the same
+    /// ports with the same keys, and waits until it is listening.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_for_file("stdout.log", "fingerprint", self.starts);
     }
 
     /// Starts a gateway with defaults.
@@ -186,7 +225,7 @@ impl Gateway {
 
     /// The gateway's process id, for signals.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("the gateway is running").id()
     }
 
     /// Sends `signal` (such as `HUP`) to the gateway with kill(1).
@@ -207,7 +246,8 @@ impl Gateway {
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            let child = self.child.as_mut().expect("the gateway was started");
+            if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
             thread::sleep(Duration::from_millis(20));
@@ -217,7 +257,8 @@ impl Gateway {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        let child = self.child.as_mut().expect("the gateway was started");
+        child.try_wait().unwrap().is_none()
     }
 
     /// A `ProxyCommand` for OpenSSH that reaches USER/SPACE through this gateway.
@@ -233,8 +274,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -334,6 +374,12 @@ impl Agent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Kills the agent with SIGKILL: its link ends without a word.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the agent process is still running.

@@ -654,3 +654,68 @@ pub fn sha256_file(path: &Path) -> String {
     assert_eq!(hex.len(), 64, "unexpected sha256sum output: {output:?}");
     hex.to_string()
 }
+
+// ---------------------------------------------------------------------------
+// Small in-process services
+// ---------------------------------------------------------------------------
+
+/// A TCP service in a thread of the test process, one thread per connection, that
+/// lives as long as the test binary.
+fn serve_in_thread(handle: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local_addr").port();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || handle(conn));
+        }
+    });
+    port
+}
+
+/// The byte at `offset` of every [`stream_server`] body.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// An HTTP service whose every response is `STREAM_BODY` bytes of [`pattern_byte`]s with
+/// neither a length nor chunking: the body ends when the connection does, so only a
+/// reset can tell a cut body from a whole one. Returns the port.
+pub fn stream_server() -> u16 {
+    serve_in_thread(|mut conn| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let mut body = vec![0u8; 251 * 1024];
+        for (i, b) in body.iter_mut().enumerate() {
+            *b = pattern_byte(i as u64);
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let mut left = STREAM_BODY;
+        while left > 0 {
+            let n = left.min(body.len() as u64) as usize;
+            if conn.write_all(&body[..n]).is_err() {
+                return;
+            }
+            left -= n as u64;
+        }
+    })
+}
+
+/// Bytes in every [`stream_server`] response: 256 MiB.
+pub const STREAM_BODY: u64 = 256 << 20;
+
+/// A TCP service that reads until the client's end-of-file, then sends back everything
+/// it read and closes: it answers only a client that half-closes. Returns the port.
+pub fn echo_after_eof_server() -> u16 {
+    serve_in_thread(|mut conn| {
+        let mut all = Vec::new();
+        if conn.read_to_end(&mut all).is_ok() {
+            let _ = conn.write_all(&all);
+        }
+    })
+}

@@ -1,0 +1,266 @@
+//! Faults a long-running gateway meets: an agent killed mid-download, a second agent
+//! taking a space over, and clients that half-close. Nothing is lost or invented: a
+//! cut transfer is an error for the user, and end-of-file travels one way only.
+
+// Helpers outside #[test] functions unwrap too: a failure is a failed test. The
+// processes under test run on the real clock, so deadlines use it too.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod support;
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::servers::{
+    echo_after_eof_server, pattern_byte, sha256_file, stream_server, write_random_file, Sshd,
+    TempDir, STREAM_BODY,
+};
+use support::{gateway_bin, Agent, Gateway, Transport};
+
+/// A gateway that pings agents every second, so that a dead link is noticed within
+/// about three seconds.
+fn quick_gateway() -> (TempDir, Gateway) {
+    let dir = TempDir::new("test-config");
+    let config = dir.path().join("gateway.toml");
+    fs::write(&config, "[agents]\nping_interval_secs = 1\n").unwrap();
+    let gw = Gateway::start_with(&["--config", config.to_str().unwrap()]);
+    (dir, gw)
+}
+
+fn download(gw: &Gateway, url: &str, token: &str, out: &Path, rate: Option<&str>) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--fail"])
+        .args(["--cacert", gw.cacert().to_str().unwrap()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-o", out.to_str().unwrap(), url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(rate) = rate {
+        cmd.args(["--limit-rate", rate]);
+    }
+    cmd
+}
+
+fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the client did not finish within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that `path` holds a prefix of the stream server's body, of `len` bytes.
+fn assert_pattern(path: &Path, len: u64) {
+    let mut file = fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            let at = offset + i as u64;
+            assert_eq!(*b, pattern_byte(at), "byte {at} differs from the source");
+        }
+        offset += n as u64;
+    }
+    assert_eq!(offset, len, "length of {}", path.display());
+}
+
+fn kill_9_agent_mid_download_is_an_error_and_a_new_agent_serves(transport: Transport) {
+    // The source sends its body without a length, ended by closing the connection:
+    // only an abort can tell the user that the body was cut.
+    let source = stream_server();
+    let (_config, gw) = quick_gateway();
+    let env = [("KNOT_HTTP_PORT", source.to_string())];
+    let mut agent = Agent::start(&gw, transport, "alice", "web", &env);
+    let token = gw.user_token("alice", &["alice--web"]);
+    let url = gw.space_url(&format!("alice--web--{source}"), "/big.bin");
+    let dir = TempDir::new("test-faults");
+    let cut = dir.path().join("cut.bin");
+
+    let client = download(&gw, &url, &token, &cut, Some("16M"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::metadata(&cut).map(|m| m.len()).unwrap_or(0) < 4 << 20 {
+        assert!(Instant::now() < deadline, "the download never got going");
+        thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill();
+
+    let out = wait_with_limit(client, Duration::from_secs(60));
+    let got = fs::metadata(&cut).unwrap().len();
+    assert!(
+        !out.status.success(),
+        "curl reported success for {got} of {STREAM_BODY} bytes"
+    );
+    assert!(got < STREAM_BODY, "the whole body arrived after the kill");
+    assert_pattern(&cut, got);
+
+    // A new agent for the space serves the next download whole.
+    let _agent = Agent::start(&gw, transport, "alice", "web", &env);
+    let whole = dir.path().join("whole.bin");
+    let out = download(&gw, &url, &token, &whole, None).output().unwrap();
+    assert!(
+        out.status.success(),
+        "download after the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_pattern(&whole, STREAM_BODY);
+}
+
+fn ssh(gw: &Gateway, sshd: &Sshd, token: &str, remote: &str) -> Output {
+    Command::new("ssh")
+        .args(sshd.ssh_base_args())
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand={}",
+            gw.proxy_command("alice/dev", token)
+        ))
+        .arg(format!("{}@space", sshd.user()))
+        .arg(remote)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn a_second_agent_takes_the_space_over(transport: Transport) {
+    let sshd = Sshd::start();
+    let gw = Gateway::start();
+    let env = [("KNOT_SSH_PORT", sshd.port().to_string())];
+    let mut first = Agent::start(&gw, transport, "alice", "dev", &env);
+    let _second = Agent::start(&gw, transport, "alice", "dev", &env);
+    gw.wait_for_log("link replaced by a newer one", 1);
+
+    // The first agent was told, and waits instead of taking the space back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.log().contains("took over") {
+        assert!(
+            Instant::now() < deadline,
+            "the first agent was not told it was replaced; its log:\n{}",
+            first.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(first.is_running(), "a replaced agent keeps running");
+
+    // SSH goes through the second agent: it works with the first one dead.
+    first.kill();
+    let token = gw.user_token_for("alice", "alice--dev", "ssh");
+    let out = ssh(&gw, &sshd, &token, "echo through the new agent");
+    assert!(
+        out.status.success(),
+        "ssh: {}\ngateway:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through the new agent\n"
+    );
+    assert_eq!(support::registrations(&gw, "alice", "dev", transport), 2);
+}
+
+fn a_raw_tcp_client_that_half_closes_gets_the_whole_reply(transport: Transport) {
+    // The service answers only after the client's end-of-file, so the reply proves the
+    // end-of-file arrived while the other direction stayed open.
+    let echo = echo_after_eof_server();
+    let gw = Gateway::start();
+    let _agent = Agent::start(
+        &gw,
+        transport,
+        "alice",
+        "dev",
+        &[("KNOT_TCP_PORT", echo.to_string())],
+    );
+    let token = gw.user_token_for("alice", "alice--dev", "tcp");
+    let dir = TempDir::new("test-halfclose");
+    let input = dir.path().join("in.bin");
+    let output = dir.path().join("out.bin");
+    write_random_file(&input, 8 << 20);
+
+    let out = Command::new(gateway_bin())
+        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
+        .args(["connect", "--server", &gw.url(), "--token", &token])
+        .args(["--port", &echo.to_string(), "alice/dev"])
+        .stdin(fs::File::open(&input).unwrap())
+        .stdout(fs::File::create(&output).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gateway connect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&output), sha256_file(&input));
+}
+
+fn kill_9_agent_mid_stream_makes_gateway_connect_fail(transport: Transport) {
+    let source = stream_server();
+    let (_config, gw) = quick_gateway();
+    let env = [("KNOT_TCP_PORT", source.to_string())];
+    let mut agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let token = gw.user_token_for("alice", "alice--dev", "tcp");
+    let mut client = Command::new(gateway_bin())
+        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
+        .args(["connect", "--server", &gw.url(), "--token", &token])
+        .args(["--port", &source.to_string(), "alice/dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < 4 << 20 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before the kill");
+        got += n;
+    }
+    agent.kill();
+    // Reading stops being slow once the stream is cut; whatever was in flight drains.
+    let reader = thread::spawn(move || {
+        let mut rest = 0;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            rest += n;
+        }
+        rest
+    });
+    let out = wait_with_limit(client, Duration::from_secs(60));
+    let total = got + reader.join().unwrap();
+    assert!(
+        (total as u64) < STREAM_BODY,
+        "everything arrived after the kill"
+    );
+    assert!(
+        !out.status.success(),
+        "gateway connect exited 0 after a cut stream ({total} bytes)"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cut"), "stderr: {stderr}");
+    drop(stdin);
+}
+
+on_both_transports!(
+    kill_9_agent_mid_download_is_an_error_and_a_new_agent_serves,
+    kill_9_agent_mid_stream_makes_gateway_connect_fail,
+    a_second_agent_takes_the_space_over,
+    a_raw_tcp_client_that_half_closes_gets_the_whole_reply,
+);
