@@ -1,7 +1,6 @@
 //! An `auto` agent on a network that drops UDP: it links over TLS/TCP, and moves back
 //! to QUIC once UDP gets through again, without a restart. The test runs itself again
-//! inside a network namespace it creates, so that its nftables rule touches nothing
-//! outside (this needs root, as CI has).
+//! inside a network namespace it creates (`support::netns`).
 
 // Helpers outside #[test] functions unwrap too: a failure is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,39 +11,20 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::servers::Sshd;
-use support::{wait_for_registrations, Agent, Gateway, Transport};
-
-/// Set, to the namespace's name, when the test runs inside its namespace.
-const NETNS_ENV: &str = "SPACE_GATEWAY_TEST_NETNS";
-const TABLE: &str = "space_gateway_test";
+use support::{netns, wait_for_registrations, Agent, Gateway, Transport};
 
 #[test]
 fn auto_agent_falls_back_to_tcp_and_returns_to_quic() {
-    if std::env::var_os(NETNS_ENV).is_some() {
+    if netns::inside() {
         return in_namespace();
     }
-    let netns = Netns::create(&format!("sgw-fallback-{}", std::process::id()));
-    let status = Command::new("ip")
-        .args(["netns", "exec", &netns.0])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "auto_agent_falls_back_to_tcp_and_returns_to_quic",
-            "--nocapture",
-        ])
-        .env(NETNS_ENV, &netns.0)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the test failed inside its network namespace (output above)"
-    );
+    netns::rerun_inside("auto_agent_falls_back_to_tcp_and_returns_to_quic");
 }
 
 fn in_namespace() {
     let sshd = Sshd::start();
     let gw = Gateway::start();
-    drop_udp_to(gw.agent_port);
+    netns::drop_udp_to(gw.agent_port);
 
     // 1. UDP is dropped: the agent comes up on TCP and serves SSH.
     let env = [
@@ -74,7 +54,7 @@ fn in_namespace() {
 
     // 3. UDP gets through again: the link is back on QUIC within a bounded time, with
     //    nothing restarted, and new sessions work.
-    allow_udp();
+    netns::restore();
     wait_for_registrations(
         &gw,
         "alice",
@@ -119,74 +99,4 @@ fn ssh(gw: &Gateway, sshd: &Sshd, token: &str, remote: &str) -> String {
         gw.log()
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn drop_udp_to(port: u16) {
-    nft(&["add", "table", "inet", TABLE]);
-    nft(&[
-        "add",
-        "chain",
-        "inet",
-        TABLE,
-        "input",
-        "{ type filter hook input priority 0; }",
-    ]);
-    nft(&[
-        "add",
-        "rule",
-        "inet",
-        TABLE,
-        "input",
-        "udp",
-        "dport",
-        &port.to_string(),
-        "drop",
-    ]);
-}
-
-fn allow_udp() {
-    nft(&["delete", "table", "inet", TABLE]);
-}
-
-fn nft(args: &[&str]) {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .expect("nft is installed by scripts/install-test-deps.sh");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace with its loopback up, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> Netns {
-        let run = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip is installed by scripts/install-test-deps.sh");
-            assert!(
-                out.status.success(),
-                "ip {args:?} (this test needs root): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&["netns", "add", name]);
-        let netns = Netns(name.to_owned());
-        run(&["netns", "exec", name, "ip", "link", "set", "lo", "up"]);
-        netns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
 }

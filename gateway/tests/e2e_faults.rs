@@ -21,16 +21,6 @@ use support::servers::{
 };
 use support::{gateway_bin, Agent, Gateway, Transport};
 
-/// A gateway that pings agents every second, so that a dead link is noticed within
-/// about three seconds.
-fn quick_gateway() -> (TempDir, Gateway) {
-    let dir = TempDir::new("test-config");
-    let config = dir.path().join("gateway.toml");
-    fs::write(&config, "[agents]\nping_interval_secs = 1\n").unwrap();
-    let gw = Gateway::start_with(&["--config", config.to_str().unwrap()]);
-    (dir, gw)
-}
-
 fn download(gw: &Gateway, url: &str, token: &str, out: &Path, rate: Option<&str>) -> Command {
     let mut cmd = Command::new("curl");
     cmd.args(["--silent", "--show-error", "--fail"])
@@ -80,7 +70,7 @@ fn kill_9_agent_mid_download_is_an_error_and_a_new_agent_serves(transport: Trans
     // The source sends its body without a length, ended by closing the connection:
     // only an abort can tell the user that the body was cut.
     let source = stream_server();
-    let (_config, gw) = quick_gateway();
+    let gw = Gateway::start_quick();
     let env = [("KNOT_HTTP_PORT", source.to_string())];
     let mut agent = Agent::start(&gw, transport, "alice", "web", &env);
     let token = gw.user_token("alice", &["alice--web"]);
@@ -208,7 +198,7 @@ fn a_raw_tcp_client_that_half_closes_gets_the_whole_reply(transport: Transport) 
 
 fn kill_9_agent_mid_stream_makes_gateway_connect_fail(transport: Transport) {
     let source = stream_server();
-    let (_config, gw) = quick_gateway();
+    let gw = Gateway::start_quick();
     let env = [("KNOT_TCP_PORT", source.to_string())];
     let mut agent = Agent::start(&gw, transport, "alice", "dev", &env);
     let token = gw.user_token_for("alice", "alice--dev", "tcp");

@@ -7,6 +7,7 @@
 // Real processes run on the real clock; tokio's pausable time does not apply.
 #![allow(clippy::disallowed_methods)]
 
+pub mod netns;
 pub mod servers;
 pub mod ws;
 
@@ -48,6 +49,7 @@ pub struct Gateway {
     pub fingerprint: String,
     extra: Vec<String>,
     starts: usize,
+    config_dir: Option<TempDir>,
 }
 
 impl Gateway {
@@ -64,6 +66,7 @@ impl Gateway {
             fingerprint: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
+            config_dir: None,
         };
         gw.spawn();
         let banner = gw.wait_for_file("stdout.log", "fingerprint", 1);
@@ -120,6 +123,24 @@ impl Gateway {
         self.kill();
         self.spawn();
         self.wait_for_file("stdout.log", "fingerprint", self.starts);
+    }
+
+    /// Starts a gateway with `toml` as its configuration file and extra flags.
+    pub fn start_configured(toml: &str, extra: &[&str]) -> Gateway {
+        let dir = TempDir::new("test-config");
+        let config = dir.path().join("gateway.toml");
+        fs::write(&config, toml).unwrap();
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend(extra);
+        let mut gw = Self::start_with(&args);
+        gw.config_dir = Some(dir);
+        gw
+    }
+
+    /// A gateway that pings agents every second, so that a dead link is noticed in
+    /// about three seconds.
+    pub fn start_quick() -> Gateway {
+        Self::start_configured("[agents]\nping_interval_secs = 1\n", &[])
     }
 
     /// Starts a gateway with defaults.
