@@ -1,7 +1,7 @@
 //! The agent listener: accepts links on QUIC and on TLS/TCP, checks the `Hello`,
 //! registers the space, and runs the control loop until the link ends.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,26 @@ pub struct AgentListener {
     pub metrics: Arc<Metrics>,
     /// Registration attempts per source address.
     pub limiter: RateLimiter,
+    /// Links served at once, past which new links are rejected.
+    pub max_links: usize,
+    /// Links being served now, from accept to close.
+    pub links: AtomicUsize,
+}
+
+/// Counts a link in [`AgentListener::links`] while it lives.
+struct LinkCount<'a>(&'a AtomicUsize);
+
+impl<'a> LinkCount<'a> {
+    fn new(links: &'a AtomicUsize) -> Self {
+        links.fetch_add(1, Ordering::Relaxed);
+        Self(links)
+    }
+}
+
+impl Drop for LinkCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a link was not registered or ended.
@@ -101,6 +121,7 @@ impl AgentListener {
 
     /// Runs one link from handshake to end.
     async fn serve_link(&self, link: Link) {
+        let _counted = LinkCount::new(&self.links);
         if let Err(e) = self.register(&link).await {
             info!(error = %e, "link not registered");
             // Give the Reject a moment to be delivered before the close cuts it.
@@ -140,8 +161,17 @@ impl AgentListener {
             }
         };
 
-        // 2. Not too often from one address; then version and token. The space's
-        //    identity comes from the token alone.
+        // 2. Room for one more link; not too often from one address; then version and
+        //    token. The space's identity comes from the token alone.
+        if self.links.load(Ordering::Relaxed) > self.max_links {
+            self.metrics.registration("link_limit");
+            let message = format!(
+                "the gateway is serving its limit of {} links; retry later",
+                self.max_links
+            );
+            reject(&mut send, RejectReason::Unavailable, &message).await;
+            return Err(LinkEnd::Rejected(message));
+        }
         let source = link.remote_addr().ip();
         if !self.limiter.allows(source, Instant::now()) {
             self.metrics.registration("rate_limited");

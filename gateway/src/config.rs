@@ -74,6 +74,12 @@ pub struct AgentsConfig {
     pub ping_interval_secs: u64,
     /// Time an agent has to send `Hello` after connecting, in seconds. Default 10.
     pub hello_timeout_secs: u64,
+    /// Agent links served at once, counting links still in their handshake; past it a
+    /// new link is rejected as unavailable and its agent retries later. Default 10000.
+    pub max_links: usize,
+    /// Streams open at once on one link (user connections into one space); past it a
+    /// user gets 503. Default 1024.
+    pub max_streams_per_link: usize,
 }
 
 /// `[public]`: where users connect.
@@ -100,8 +106,18 @@ pub struct PublicConfig {
     /// in seconds. Default 30.
     pub drain_timeout_secs: u64,
     /// Time a client has to send a whole request head, in seconds; a client that is
-    /// slower is disconnected (without a 408 for now). Default 30.
+    /// slower gets 408 and is disconnected. Default 30.
     pub head_timeout_secs: u64,
+    /// Front-door connections served at once (both listeners), counting those still in
+    /// their TLS handshake; past it a new connection is answered 503 and closed.
+    /// Default 16384.
+    pub max_connections: usize,
+    /// A relayed connection (websocket or upgraded) that moves no byte either way for
+    /// this long is closed, in seconds; 0 never closes one. Default 3600.
+    pub stream_idle_timeout_secs: u64,
+    /// Largest websocket message a client may send on the SSH and TCP routes, in bytes;
+    /// a larger one closes the websocket with code 1009. Default 1048576.
+    pub max_message_bytes: usize,
 }
 
 /// `[auth]`: token verification.
@@ -136,6 +152,8 @@ impl Default for AgentsConfig {
             listen: ([127, 0, 0, 1], 7443).into(),
             ping_interval_secs: 5,
             hello_timeout_secs: 10,
+            max_links: 10_000,
+            max_streams_per_link: 1024,
         }
     }
 }
@@ -151,6 +169,9 @@ impl Default for PublicConfig {
             max_head_bytes: 64 * 1024,
             head_timeout_secs: 30,
             drain_timeout_secs: 30,
+            max_connections: 16_384,
+            stream_idle_timeout_secs: 3600,
+            max_message_bytes: 1 << 20,
         }
     }
 }
@@ -161,6 +182,14 @@ impl Default for AuthConfig {
             public_key: None,
             allow_public_ports: true,
         }
+    }
+}
+
+impl PublicConfig {
+    /// The relay idle limit, if any.
+    pub fn stream_idle_timeout(&self) -> Option<Duration> {
+        (self.stream_idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(self.stream_idle_timeout_secs))
     }
 }
 
@@ -238,6 +267,22 @@ impl Config {
         if self.public.max_head_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "public.max_head_bytes must be at least 8192".into(),
+            ));
+        }
+        let at_least_one = [
+            ("agents.max_links", self.agents.max_links),
+            (
+                "agents.max_streams_per_link",
+                self.agents.max_streams_per_link,
+            ),
+            ("public.max_connections", self.public.max_connections),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if self.public.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "public.max_message_bytes must be at least 1024".into(),
             ));
         }
         Ok(())

@@ -156,12 +156,13 @@ where
                     stdout.write_all(&b).await?;
                     stdout.flush().await?;
                 }
-                // The gateway closes with an error code when the stream was cut (the
-                // agent or the space's service died): that must not look like a
-                // finished session to whatever reads our output.
+                // The gateway closes with another code when the stream was cut (the
+                // agent or the space's service died), was idle too long or a message
+                // was too large: that must not look like a finished session to
+                // whatever reads our output.
                 Message::Close(Some(close)) if close.code != CloseCode::Normal => {
                     bail!(
-                        "the connection to the space was cut ({}): {}",
+                        "the gateway ended the connection ({}): {}",
                         close.code,
                         close.reason
                     )

@@ -7,6 +7,7 @@
 //! - [`registry`]: which spaces have a live link, and the link itself.
 //! - [`agents`]: the agent listener: handshake, registration, the control loop.
 //! - [`open`]: opening a stream to a space's port through its link.
+//! - [`idle`]: closing relayed connections that move no bytes.
 //! - [`front`]: the public front door: routing, authorization, HTTP and websockets.
 //! - [`connect`]: the client mode used as OpenSSH's `ProxyCommand`.
 //! - [`server`]: starting and running all of the above.
@@ -18,6 +19,7 @@ pub mod certs;
 pub mod config;
 pub mod connect;
 pub mod front;
+pub mod idle;
 pub mod keys;
 pub mod metrics;
 pub mod open;

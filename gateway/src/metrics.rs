@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of one gateway process.
@@ -26,6 +26,10 @@ pub struct Metrics {
     pub links_replaced: IntCounter,
     /// Links told to go away because the gateway is draining.
     pub links_drained: IntCounter,
+    /// Front-door connections past `public.max_connections`, answered 503 or closed.
+    pub connections_refused: IntCounter,
+    /// Front-door connections open, TLS handshakes included.
+    pub connections: IntGauge,
     /// `relayed_bytes_total{direction="to_space"}`, held so that the relay's hot path
     /// is one atomic add.
     pub to_space: IntCounter,
@@ -97,6 +101,16 @@ impl Metrics {
                 "Links told to go away because the gateway drains",
             ))
             .expect("valid metric options"),
+            connections: IntGauge::with_opts(opts(
+                "connections",
+                "Front-door connections open, TLS handshakes included",
+            ))
+            .expect("valid metric options"),
+            connections_refused: IntCounter::with_opts(opts(
+                "connections_refused_total",
+                "Front-door connections refused at the connection limit",
+            ))
+            .expect("valid metric options"),
             to_space: bytes.with_label_values(&["to_space"]),
             from_space: bytes.with_label_values(&["from_space"]),
             registry,
@@ -118,8 +132,13 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }
+        for c in [m.links_drained.clone(), m.connections_refused.clone()] {
+            m.registry
+                .register(Box::new(c))
+                .expect("metric names are unique");
+        }
         m.registry
-            .register(Box::new(m.links_drained.clone()))
+            .register(Box::new(m.connections.clone()))
             .expect("metric names are unique");
         m
     }

@@ -42,6 +42,12 @@ pub enum OpenError {
     /// The agent's answer was not a valid message.
     #[error("the space's agent answered with a malformed message: {0}")]
     Protocol(String),
+    /// The link already carries as many streams as the gateway allows one link.
+    #[error(
+        "the space already has {0} open connections through the gateway, its limit; \
+         close some and retry"
+    )]
+    TooManyStreams(usize),
 }
 
 impl OpenError {
@@ -50,6 +56,7 @@ impl OpenError {
         match self {
             Self::Refused { .. } => "refused",
             Self::Timeout => "timeout",
+            Self::TooManyStreams(_) => "limit",
             Self::Link(_) | Self::Protocol(_) => "failed",
         }
     }
@@ -79,13 +86,23 @@ pub struct Opened {
 }
 
 /// Opens a stream to `port` in the space behind `entry` and waits for the agent's
-/// answer.
+/// answer; refused at once when the link already has `limit` streams.
 pub async fn open_stream(
     entry: &Arc<Entry>,
     port: u16,
     client: ClientAddr,
     class: StreamClass,
+    limit: usize,
 ) -> Result<Opened, OpenError> {
+    // The stream counts from here, so that opens in flight count against the limit;
+    // the guard uncounts it however this ends.
+    let open = entry.open_streams.fetch_add(1, Ordering::Relaxed);
+    let guard = StreamGuard {
+        entry: entry.clone(),
+    };
+    if open >= limit as u64 {
+        return Err(OpenError::TooManyStreams(limit));
+    }
     let request_id = RequestId(fastrand::u64(..));
     let mut stream = entry
         .link
@@ -114,17 +131,11 @@ pub async fn open_stream(
         Ok(Ok(Some(body))) => body,
     };
     match StreamAnswer::decode(&body).map_err(|e| OpenError::Protocol(e.to_string()))? {
-        StreamAnswer::Ok => {
-            entry.open_streams.fetch_add(1, Ordering::Relaxed);
-            let guard = StreamGuard {
-                entry: entry.clone(),
-            };
-            Ok(Opened {
-                stream,
-                id: request_id,
-                guard,
-            })
-        }
+        StreamAnswer::Ok => Ok(Opened {
+            stream,
+            id: request_id,
+            guard,
+        }),
         StreamAnswer::Refused { reason, message } => Err(OpenError::Refused { reason, message }),
     }
 }

@@ -38,9 +38,36 @@ pub fn verifying_key_path(data_dir: &Path) -> PathBuf {
 /// Re-reads the configuration (file, environment and flags) on SIGHUP.
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
+/// Raises the soft limit on open files to the hard one, as a server that holds a
+/// socket per user connection needs (the soft limit is often 1024), and warns when even
+/// the hard limit is below what the connection and link limits allow.
+fn raise_open_file_limit(config: &Config) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let have = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // A user connection is one descriptor; a TCP agent link one more; then a margin
+    // for listeners, logs and certificates.
+    let want = (config.public.max_connections + config.agents.max_links + 256) as u64;
+    if have < want {
+        warn!(
+            open_files = have,
+            needed = want,
+            "the open-file limit is below public.max_connections + agents.max_links; \
+             raise it (LimitNOFILE=) or lower those"
+        );
+    }
+}
+
 /// Runs a gateway until SIGINT or SIGTERM.
 pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     config.validate()?;
+    raise_open_file_limit(&config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
 
@@ -76,6 +103,8 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         hello_timeout: config.agents.hello_timeout(),
         metrics: metrics.clone(),
         limiter: RateLimiter::new(),
+        max_links: config.agents.max_links,
+        links: std::sync::atomic::AtomicUsize::new(0),
     });
     let front = Arc::new(Front {
         registry: registry.clone(),
@@ -88,6 +117,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         drain: tokio::sync::watch::Sender::new(false),
         connections: std::sync::atomic::AtomicUsize::new(0),
+        limits: front::Limits::from_config(&config),
     });
     let admin = Arc::new(Admin {
         registry: registry.clone(),
@@ -167,11 +197,26 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A TCP listener with a backlog of [`LISTEN_BACKLOG`] (the kernel caps it at
+/// `net.core.somaxconn`).
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} on tcp/{addr}"))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen for {what} on tcp/{addr}"))
 }
+
+/// Connections the kernel may queue before the accept loop takes them. A burst of
+/// users (or of agents after a restart) beyond the default 1024 would otherwise see
+/// their SYNs dropped and retried a second or more later.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The configured certificate, or the development one in the data directory.
 fn load_identity(config: &Config) -> anyhow::Result<(PathBuf, Identity)> {

@@ -2,6 +2,7 @@
 //! balancer that terminates TLS), HTTP/1.1 with upgrades, routing by host and path.
 
 mod auth;
+mod head;
 mod login;
 mod proxy;
 mod reply;
@@ -60,6 +61,33 @@ pub struct Front {
     pub max_head_bytes: usize,
     /// Time to send a request head.
     pub head_timeout: Duration,
+    /// Connection, stream and message limits.
+    pub limits: Limits,
+}
+
+/// What the front door allows each user and all of them together.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Front-door connections at once, counting TLS handshakes.
+    pub max_connections: usize,
+    /// Streams open at once on one agent link.
+    pub max_streams_per_link: usize,
+    /// Largest websocket message from a client.
+    pub max_message: usize,
+    /// Longest time a relayed connection may move no byte.
+    pub idle: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_connections: config.public.max_connections,
+            max_streams_per_link: config.agents.max_streams_per_link,
+            max_message: config.public.max_message_bytes,
+            idle: config.public.stream_idle_timeout(),
+        }
+    }
 }
 
 /// Accepts TLS connections on `listener` until the task is dropped.
@@ -67,13 +95,16 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, fr
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, addr) = accept(&listener, "public").await;
+        let Some(counted) = admit(&front) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, front) = (acceptor.clone(), front.clone());
         let span = info_span!("conn", client.addr = %addr, tls = true);
         tokio::spawn(
             async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_conn(stream, addr, true, front).await,
+                    Ok(Ok(stream)) => serve_conn(stream, addr, true, front, counted).await,
                     Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake timed out"),
                 }
@@ -87,10 +118,36 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, fr
 pub async fn serve_plain(listener: TcpListener, front: Arc<Front>) {
     loop {
         let (tcp, addr) = accept(&listener, "public").await;
+        let Some(counted) = admit(&front) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
         let span = info_span!("conn", client.addr = %addr, tls = false);
-        tokio::spawn(serve_conn(tcp, addr, false, front).instrument(span));
+        tokio::spawn(serve_conn(tcp, addr, false, front, counted).instrument(span));
+    }
+}
+
+/// Counts a new connection, or refuses it. Up to the limit, a connection is served;
+/// past it, for an eighth of the limit more, it is answered 503 so that a client or a
+/// load balancer learns why; past that it is closed at once, so that a flood costs
+/// the gateway nothing more than an accept.
+fn admit(front: &Arc<Front>) -> Option<ConnectionGuard> {
+    let guard = ConnectionGuard::new(front);
+    let max = front.limits.max_connections;
+    let open = guard.open;
+    if open <= max {
+        return Some(guard);
+    }
+    front.metrics.connections_refused.inc();
+    if open <= max + max / 8 + 1 {
+        Some(guard.over_limit())
+    } else {
+        debug!(
+            open,
+            max, "connection closed: far over the connection limit"
+        );
+        None
     }
 }
 
@@ -111,21 +168,38 @@ pub(crate) async fn accept(
     }
 }
 
-async fn serve_conn<IO>(io: IO, client: SocketAddr, tls: bool, front: Arc<Front>)
-where
+async fn serve_conn<IO>(
+    io: IO,
+    client: SocketAddr,
+    tls: bool,
+    front: Arc<Front>,
+    counted: ConnectionGuard,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _counted = ConnectionGuard::new(&front);
     let mut drain = front.drain.subscribe();
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // The first head's deadline is ours (it answers 408); hyper's, a second later,
+    // covers the heads of later requests on the connection.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(front.head_timeout)
+        .header_read_timeout(front.head_timeout + Duration::from_secs(1))
         .max_buf_size(front.max_head_bytes);
+    let first = head::FirstRequest::default();
+    let io = head::HeadDeadline::new(io, first.clone(), front.head_timeout);
     let handler = front.clone();
+    let over_limit = counted.over_limit;
     let service = service_fn(move |req| {
+        first.arrived();
         let front = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, client, tls, &front).await) }
+        async move {
+            let resp = if over_limit {
+                reply::over_connection_limit(front.limits.max_connections)
+            } else {
+                handle(req, client, tls, &front).await
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
@@ -145,22 +219,40 @@ where
         // Clients that vanish mid-request are ordinary; nothing for an operator here.
         debug!(error = %e, "connection ended with an error");
     }
+    drop(counted);
 }
 
-/// Counts a front-door connection for as long as it is served, so that a drain can
-/// wait for responses still being written.
-struct ConnectionGuard(Arc<Front>);
+/// Counts a front-door connection, from its accept to its end, so that the connection
+/// limit holds and a drain can wait for responses still being written.
+struct ConnectionGuard {
+    front: Arc<Front>,
+    /// Connections open, this one included, when it was accepted.
+    open: usize,
+    /// Served only to be told that the gateway is full.
+    over_limit: bool,
+}
 
 impl ConnectionGuard {
     fn new(front: &Arc<Front>) -> Self {
-        front.connections.fetch_add(1, Ordering::Relaxed);
-        Self(front.clone())
+        let open = front.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        front.metrics.connections.inc();
+        Self {
+            front: front.clone(),
+            open,
+            over_limit: false,
+        }
+    }
+
+    fn over_limit(mut self) -> Self {
+        self.over_limit = true;
+        self
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.front.connections.fetch_sub(1, Ordering::Relaxed);
+        self.front.metrics.connections.dec();
     }
 }
 
@@ -374,13 +466,15 @@ async fn tcp_socket(
     // 3. The stream, then the websocket.
     let route = if service.name == "ssh" { "ssh" } else { "tcp" };
     let started = Instant::now();
-    let opened = open_stream(&entry, service.port, client, class_for(Some(&service))).await;
+    let class = class_for(Some(&service));
+    let limit = front.limits.max_streams_per_link;
+    let opened = open_stream(&entry, service.port, client, class, limit).await;
     let outcome = opened.as_ref().map_or_else(OpenError::outcome, |_| "ok");
     front.metrics.stream(route, outcome, started.elapsed());
     match opened {
         Ok(opened) => {
             let span = info_span!("stream", %space, port = service.port, request = %opened.id);
-            ws::accept(req, opened, span, front.metrics.clone())
+            ws::accept(req, opened, span, front.metrics.clone(), front.limits)
         }
         Err(e) => {
             info!(%space, port = service.port, error = %e, "stream not opened");
@@ -402,13 +496,14 @@ async fn forward(
     route: &'static str,
 ) -> Response<Body> {
     let started = Instant::now();
-    let opened = open_stream(entry, port, client, class).await;
+    let limit = front.limits.max_streams_per_link;
+    let opened = open_stream(entry, port, client, class, limit).await;
     let outcome = opened.as_ref().map_or_else(OpenError::outcome, |_| "ok");
     front.metrics.stream(route, outcome, started.elapsed());
     match opened {
         Ok(opened) => {
             let span = info_span!("stream", session = %entry.session, port, request = %opened.id);
-            proxy::forward(req, opened, client, tls, &front.metrics)
+            proxy::forward(req, opened, client, tls, &front.metrics, front.limits.idle)
                 .instrument(span)
                 .await
         }

@@ -3,6 +3,7 @@
 
 use agent_link::proto::ClientAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -12,6 +13,7 @@ use tracing::{debug, Instrument};
 
 use super::auth::{strip_credentials, TOKEN_COOKIE};
 use super::reply::{self, Body};
+use crate::idle::{until_idle, Activity, Idle, Watched};
 use crate::metrics::Metrics;
 use crate::open::{Counted, Opened};
 
@@ -22,6 +24,7 @@ pub(super) async fn forward(
     client: ClientAddr,
     tls: bool,
     metrics: &Metrics,
+    idle: Option<Duration>,
 ) -> Response<Body> {
     // The guard counts the stream as open until both the connection task and, after an
     // upgrade, the joined relay are done with it.
@@ -73,7 +76,7 @@ pub(super) async fn forward(
             let guard = guard.clone();
             tokio::spawn(
                 async move {
-                    join_upgraded(client_upgrade, upstream).await;
+                    join_upgraded(client_upgrade, upstream, idle).await;
                     drop(guard);
                 }
                 .in_current_span(),
@@ -88,15 +91,23 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
 }
 
-async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn join_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Option<Duration>,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => return debug!(error = %e, "upgrade failed"),
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match agent_link::io::relay(&mut client, &mut upstream).await {
-        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded connection done"),
-        Err(e) => debug!(error = %e, "upgraded connection aborted"),
+    let activity = Activity::new();
+    let mut client = Watched::new(TokioIo::new(client), activity.clone());
+    let mut upstream = TokioIo::new(upstream);
+    let relay = agent_link::io::relay(&mut client, &mut upstream);
+    match until_idle(relay, &activity, idle).await {
+        Ok(Ok((up, down))) => debug!(bytes_up = up, bytes_down = down, "upgraded connection done"),
+        Ok(Err(e)) => debug!(error = %e, "upgraded connection aborted"),
+        Err(Idle(limit)) => debug!(?limit, "upgraded connection closed: idle"),
     }
 }
 

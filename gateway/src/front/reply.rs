@@ -44,8 +44,14 @@ pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
 
 /// The answer for a stream that could not be opened: 404 when the space does not
 /// offer the port (its agent knows better than our copy of its services), 504 when the
-/// agent did not answer, 502 otherwise.
+/// agent did not answer, 503 at the link's stream limit, 502 otherwise.
 pub fn open_failed(err: &OpenError) -> Response<Body> {
+    if let OpenError::TooManyStreams(_) = err {
+        let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    }
     let status = match err {
         OpenError::Refused {
             reason: RefuseReason::PortNotOffered,
@@ -55,6 +61,21 @@ pub fn open_failed(err: &OpenError) -> Response<Body> {
         _ => StatusCode::BAD_GATEWAY,
     };
     text(status, err.to_string())
+}
+
+/// 503 for a connection past `public.max_connections`, closing the connection.
+pub fn over_connection_limit(max: usize) -> Response<Body> {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the gateway is serving its limit of {max} connections; retry shortly"),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750 section 3).

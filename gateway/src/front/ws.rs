@@ -17,18 +17,16 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{
     frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig,
 };
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument, Span};
 
 use super::reply::{self, Body};
+use super::Limits;
+use crate::idle::{until_idle, Activity, Idle};
 use crate::metrics::Metrics;
 use crate::open::Opened;
 use std::sync::Arc;
-
-/// Largest websocket message accepted from a client (1 MiB); a client streams bytes in
-/// many messages, so there is no reason to buffer more than this for one.
-const MAX_MESSAGE: usize = 1 << 20;
 
 /// Buffer for reads from the space; each read becomes one binary message.
 const READ_BUFFER: usize = 60 * 1024;
@@ -83,6 +81,7 @@ pub(super) fn accept(
     opened: Opened,
     span: Span,
     metrics: Arc<Metrics>,
+    limits: Limits,
 ) -> Response<Body> {
     let key = req
         .headers()
@@ -100,7 +99,7 @@ pub(super) fn accept(
             match upgrade.await {
                 Ok(upgraded) => {
                     let Opened { stream, guard, .. } = opened;
-                    relay(upgraded, stream, &metrics).await;
+                    relay(upgraded, stream, &metrics, limits).await;
                     drop(guard);
                 }
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
@@ -141,14 +140,29 @@ enum Ended {
     Close,
 }
 
-async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream, metrics: &Metrics) {
+/// Why a direction of the relay failed.
+#[derive(Debug)]
+enum Cut {
+    /// The client sent a message over the limit.
+    TooBig,
+    /// Anything else: I/O, protocol, a reset by the space.
+    Failed(String),
+}
+
+async fn relay(
+    upgraded: hyper::upgrade::Upgraded,
+    stream: DataStream,
+    metrics: &Metrics,
+    limits: Limits,
+) {
     let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
+        .max_message_size(Some(limits.max_message))
+        .max_frame_size(Some(limits.max_message));
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut source) = ws.split();
     let DataStream { mut send, mut recv } = stream;
+    let activity = Activity::new();
 
     // Client to space: binary messages become bytes. An empty message ends this
     // direction only; a Close (or the connection's end) ends both.
@@ -158,14 +172,18 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream, metrics: 
                 Some(Ok(Message::Binary(b))) if b.is_empty() => break Ok(Ended::HalfClose),
                 Some(Ok(Message::Binary(b))) => {
                     metrics.to_space.inc_by(b.len() as u64);
+                    activity.moved(b.len());
                     if let Err(e) = send.write_all(&b).await {
-                        break Err(e.to_string());
+                        break Err(Cut::Failed(e.to_string()));
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => break Ok(Ended::Close),
-                Some(Ok(Message::Text(_))) => break Err("text message on a byte stream".to_owned()),
+                Some(Ok(Message::Text(_))) => {
+                    break Err(Cut::Failed("text message on a byte stream".to_owned()))
+                }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break Err(e.to_string()),
+                Some(Err(WsError::Capacity(_))) => break Err(Cut::TooBig),
+                Some(Err(e)) => break Err(Cut::Failed(e.to_string())),
             }
         };
         // A clean end travels as end-of-file; a failure is left for the reset below,
@@ -188,21 +206,22 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream, metrics: 
                 }
                 Ok(n) => {
                     metrics.from_space.inc_by(n as u64);
+                    activity.moved(n);
                     if let Err(e) = sink
                         .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
                         .await
                     {
-                        break Err(e.to_string());
+                        break Err(Cut::Failed(e.to_string()));
                     }
                 }
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(Cut::Failed(e.to_string())),
             }
         }
     };
 
     // The relay ends when both directions have ended, or at once when the client
-    // closes the websocket or either side fails.
-    let (up, down) = {
+    // closes the websocket or either side fails, or when nothing moves for too long.
+    let both = async {
         tokio::pin!(upstream, downstream);
         tokio::select! {
             up = &mut upstream => match up {
@@ -215,22 +234,54 @@ async fn relay(upgraded: hyper::upgrade::Upgraded, stream: DataStream, metrics: 
             },
         }
     };
-    if down.is_err() || up.is_err() {
-        // A failed direction must reach the space as an abort, not a clean end.
+    let (code, reason) = match until_idle(both, &activity, limits.idle).await {
+        Ok((Ok(up), Ok(down))) => {
+            debug!(?up, ?down, "websocket relay done");
+            (CloseCode::Normal, String::new())
+        }
+        Ok((up, down)) => {
+            debug!(?up, ?down, "websocket relay aborted");
+            match (up, down) {
+                (Err(Cut::TooBig), _) => (
+                    CloseCode::Size,
+                    format!("message larger than {} bytes", limits.max_message),
+                ),
+                (Err(Cut::Failed(why)), _) | (_, Err(Cut::Failed(why))) => (
+                    CloseCode::Error,
+                    close_reason(&format!("stream cut: {why}")),
+                ),
+                _ => (CloseCode::Error, "stream cut".to_owned()),
+            }
+        }
+        Err(Idle(limit)) => {
+            debug!(?limit, "websocket relay idle");
+            (
+                CloseCode::Away,
+                format!("no data either way for {} s", limit.as_secs()),
+            )
+        }
+    };
+    if code != CloseCode::Normal {
+        // A failed or abandoned relay must reach the space as an abort, not a clean
+        // end.
         recv.stop();
         send.reset();
     }
-    let code = if up.is_ok() && down.is_ok() {
-        CloseCode::Normal
-    } else {
-        CloseCode::Error
-    };
-    debug!(?up, ?down, "websocket relay done");
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
             code,
-            reason: "".into(),
+            reason: reason.into(),
         })))
         .await;
     let _ = sink.close().await;
+}
+
+/// `text` cut to what a Close frame's reason may hold (123 bytes), on a character
+/// boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }

@@ -46,22 +46,27 @@ pub async fn connect_with_headers(
         request.headers_mut().insert(*name, value.parse().unwrap());
     }
     let host = request.uri().host().unwrap().to_owned();
+    let tls = tls_connect(gw, &host).await;
+    match tokio_tungstenite::client_async(request, tls).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket handshake failed: {e}"),
+    }
+}
+
+/// A TLS connection to the gateway's front door, for the name `host`.
+pub async fn tls_connect(gw: &Gateway, host: &str) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(("127.0.0.1", gw.public_port))
         .await
         .unwrap();
     let config = Trust::CaFile(gw.cacert())
         .client_config(&[b"http/1.1"])
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .unwrap();
-    match tokio_tungstenite::client_async(request, tls).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("websocket handshake failed: {e}"),
-    }
+        .unwrap()
 }
 
 /// Reads a websocket's binary messages as one byte stream.

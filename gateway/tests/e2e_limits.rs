@@ -1,0 +1,336 @@
+//! Limits, each with a clear answer when hit, and clients that try to exhaust the
+//! gateway: slow heads, endless headers, thousands of idle connections. Other users
+//! go on being served.
+
+// Helpers outside #[test] functions unwrap too: a failure is a failed test. The
+// processes under test run on the real clock, so the test measures with it too, and
+// prints what it measured.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods, clippy::print_stdout)]
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::servers::{echo_after_eof_server, Nginx, TempDir};
+use support::{gateway_bin, ws, Agent, Gateway, Transport};
+
+/// A space serving nginx's page, and a token for it.
+struct Web {
+    _root: TempDir,
+    nginx: Nginx,
+    _agent: Agent,
+    token: String,
+}
+
+fn web(gw: &Gateway) -> Web {
+    let root = TempDir::new("test-www");
+    std::fs::write(root.path().join("index.html"), "hello from the space\n").unwrap();
+    let nginx = Nginx::start(root.path());
+    let agent = Agent::start(
+        gw,
+        Transport::Quic,
+        "alice",
+        "web",
+        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+    );
+    let token = gw.user_token("alice", &["alice--web"]);
+    Web {
+        _root: root,
+        nginx,
+        _agent: agent,
+        token,
+    }
+}
+
+/// Another user's request: it must be served, and how long it took.
+fn served(gw: &Gateway, web: &Web) -> Duration {
+    let url = gw.space_url(&format!("alice--web--{}", web.nginx.port()), "/");
+    let started = Instant::now();
+    let (code, body) = support::get(gw, &url, Some(&web.token));
+    assert_eq!((code, body.as_str()), (200, "hello from the space\n"));
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_gets_408_while_others_are_served() {
+    let gw = Gateway::start_configured("[public]\nhead_timeout_secs = 2\n", &[]);
+    let web = tokio::task::block_in_place(|| web(&gw));
+
+    // A slow-loris client: a header line now and then, never the end of the head.
+    let tls = ws::tls_connect(&gw, "gateway.localhost").await;
+    let (mut read, mut write) = tokio::io::split(tls);
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let _ = write
+            .write_all(b"GET / HTTP/1.1\r\nHost: gateway.localhost\r\n")
+            .await;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if write
+                .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let meanwhile = tokio::task::block_in_place(|| served(&gw, &web));
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "answer after {took:?}: {answer:?}"
+    );
+    assert!(answer.contains("within 2 s"), "{answer}");
+    println!("slow head answered 408 after {took:?}; another user was served in {meanwhile:?}");
+}
+
+#[test]
+fn an_endless_header_gets_431_and_the_next_request_is_served() {
+    let gw = Gateway::start();
+    let web = web(&gw);
+    let long = "a".repeat(100 * 1024);
+    let out = support::curl(
+        &gw,
+        &[
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            "-H",
+            &format!("X-Endless: {long}"),
+            &gw.url(),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "431");
+    served(&gw, &web);
+}
+
+#[test]
+fn ten_thousand_idle_connections_do_not_slow_other_users() {
+    const IDLE: usize = 10_000;
+    let gw = Gateway::start();
+    let web = web(&gw);
+    let before = served(&gw, &web);
+
+    // Connections that never say anything: the gateway holds each in its TLS
+    // handshake until the handshake's deadline.
+    let started = Instant::now();
+    let port = gw.public_port;
+    let openers: Vec<_> = (0..10)
+        .map(|_| {
+            thread::spawn(move || {
+                (0..IDLE / 10)
+                    .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let idle: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let opened = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(&gw, "gateway_connections") < IDLE as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway holds {} of {IDLE} connections",
+            gauge(&gw, "gateway_connections")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let during: Vec<Duration> = (0..5).map(|_| served(&gw, &web)).collect();
+    println!(
+        "{IDLE} idle connections opened in {opened:?}; a request took {before:?} before, \
+         {during:?} during"
+    );
+    assert!(
+        during.iter().all(|d| *d < Duration::from_secs(5)),
+        "requests slowed to {during:?} by idle connections"
+    );
+    drop(idle);
+}
+
+/// A gauge's value from `/metrics`.
+fn gauge(gw: &Gateway, name: &str) -> f64 {
+    let out = support::curl(gw, &[&gw.admin_url("/metrics")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn past_the_connection_limit_a_client_gets_503_and_then_service_again() {
+    let gw = Gateway::start_configured("[public]\nmax_connections = 4\n", &[]);
+    let web = web(&gw);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", gw.public_port)).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&gw, "gateway_connections") < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held connections never counted"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let url = gw.space_url(&format!("alice--web--{}", web.nginx.port()), "/");
+    let (code, body) = support::get(&gw, &url, Some(&web.token));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("limit of 4 connections"), "{body}");
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&gw, "gateway_connections") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    served(&gw, &web);
+    assert!(gauge(&gw, "gateway_connections_refused_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_stream_limit_of_a_link_a_user_gets_503() {
+    let echo = echo_after_eof_server();
+    let gw = Gateway::start_configured("[agents]\nmax_streams_per_link = 2\n", &[]);
+    let _agent = tokio::task::block_in_place(|| {
+        Agent::start(
+            &gw,
+            Transport::Quic,
+            "alice",
+            "dev",
+            &[("KNOT_TCP_PORT", echo.to_string())],
+        )
+    });
+    let token = tokio::task::block_in_place(|| gw.user_token_for("alice", "alice--dev", "tcp"));
+    let url = format!(
+        "wss://gateway.localhost:{}/tcp/alice/dev/{echo}",
+        gw.public_port
+    );
+    let first = ws::connect(&gw, &url, Some(&token), None).await.unwrap();
+    let _second = ws::connect(&gw, &url, Some(&token), None).await.unwrap();
+    assert_eq!(
+        ws::connect(&gw, &url, Some(&token), None).await.err(),
+        Some(503),
+        "a third stream on a link limited to two"
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws::connect(&gw, &url, Some(&token), None).await {
+            Ok(_) => break,
+            Err(503) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(code) => panic!("after a stream closed: {code}"),
+        }
+    }
+}
+
+#[test]
+fn past_the_link_limit_an_agent_is_told_and_the_first_space_works_on() {
+    let gw = Gateway::start_configured("[agents]\nmax_links = 1\n", &[]);
+    let web = web(&gw);
+    let second = Agent::spawn(
+        &gw,
+        &gw.agent_token("bob", "other"),
+        &[("KNOT_HTTP_PORT", "8080".to_owned())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !second.log().contains("limit of 1 links") {
+        assert!(
+            Instant::now() < deadline,
+            "the second agent was not told; its log:\n{}",
+            second.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = support::curl(&gw, &[&gw.admin_url("/metrics")]);
+    assert!(String::from_utf8_lossy(&metrics.stdout)
+        .contains("gateway_registrations_total{result=\"link_limit\"}"));
+    served(&gw, &web);
+}
+
+#[test]
+fn an_idle_relay_is_closed_with_a_reason() {
+    let echo = echo_after_eof_server();
+    let gw = Gateway::start_configured("[public]\nstream_idle_timeout_secs = 2\n", &[]);
+    let _agent = Agent::start(
+        &gw,
+        Transport::Tcp,
+        "alice",
+        "dev",
+        &[("KNOT_TCP_PORT", echo.to_string())],
+    );
+    let token = gw.user_token_for("alice", "alice--dev", "tcp");
+    let started = Instant::now();
+    let mut client = Command::new(gateway_bin())
+        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
+        .args(["connect", "--server", &gw.url(), "--token", &token])
+        .args(["--port", &echo.to_string(), "alice/dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"one message, then silence").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an idle close is not a clean end");
+    assert!(stderr.contains("no data either way for 2 s"), "{stderr}");
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}");
+    println!("idle relay closed after {took:?}: {}", stderr.trim());
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_message_over_the_limit_closes_with_1009() {
+    let echo = echo_after_eof_server();
+    let gw = Gateway::start();
+    let _agent = tokio::task::block_in_place(|| {
+        Agent::start(
+            &gw,
+            Transport::Quic,
+            "alice",
+            "dev",
+            &[("KNOT_TCP_PORT", echo.to_string())],
+        )
+    });
+    let token = tokio::task::block_in_place(|| gw.user_token_for("alice", "alice--dev", "tcp"));
+    let url = format!(
+        "wss://gateway.localhost:{}/tcp/alice/dev/{echo}",
+        gw.public_port
+    );
+    let mut ws = ws::connect(&gw, &url, Some(&token), None).await.unwrap();
+    let _ = ws.send(Message::Binary(vec![7u8; 2 << 20].into())).await;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a Close, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Size);
+    assert_eq!(close.reason.as_str(), "message larger than 1048576 bytes");
+}
