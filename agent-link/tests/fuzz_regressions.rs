@@ -203,6 +203,7 @@ fn control_seeds() -> Vec<(&'static str, ControlMessage)> {
                 agent_version: "0.1.0".into(),
                 token: "eyJhbGciOiJFZERTQSJ9.e30.c2ln".into(),
                 services: services(4),
+                instance: 42,
             },
         ),
         (
@@ -249,13 +250,14 @@ fn encoded_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     seeds.push(("control_message", "all-in-one".to_owned(), all.to_vec()));
 
-    // The largest frame a peer may send: type, version, two string lengths and a
-    // count take 9 bytes beside the strings' text.
+    // The largest frame a peer may send: type, version, two string lengths, a count
+    // and the instance take 17 bytes beside the strings' text.
     let largest = ControlMessage::Hello {
         version: 1,
         agent_version: "v".repeat(100),
-        token: "t".repeat(MAX_FRAME_LEN - 9 - 100),
+        token: "t".repeat(MAX_FRAME_LEN - 17 - 100),
         services: Vec::new(),
+        instance: u64::MAX,
     };
     let mut frame = BytesMut::new();
     largest.encode(&mut frame);

@@ -58,6 +58,14 @@ impl Drop for LinkCount<'_> {
     }
 }
 
+/// A `Hello` that passed its checks.
+struct CheckedHello {
+    key: SpaceKey,
+    claims: AgentClaims,
+    services: Vec<Service>,
+    instance: u64,
+}
+
 /// Why a link was not registered or ended.
 #[derive(Debug, thiserror::Error)]
 enum LinkEnd {
@@ -180,7 +188,12 @@ impl AgentListener {
             reject(&mut send, RejectReason::Unavailable, message).await;
             return Err(LinkEnd::Rejected(message.to_owned()));
         }
-        let (key, claims, services) = match self.check_hello(hello) {
+        let CheckedHello {
+            key,
+            claims,
+            services,
+            instance,
+        } = match self.check_hello(hello) {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 self.metrics.registration(reason_label(reason));
@@ -190,7 +203,24 @@ impl AgentListener {
             }
         };
 
-        // 3. Welcome, then register, replacing any older link of the same space. The
+        // 3. An agent that lost this space to a second agent, which still holds it,
+        //    stands by: two live agents with one token must not trade the space.
+        if let Some(first) = self.registry.standby(&key, instance) {
+            self.metrics.registration("standby");
+            if first {
+                warn!(
+                    space = %key, agent.addr = %link.remote_addr(),
+                    "two live agents use this space's token; keeping the one that took \
+                     over last, the other stands by"
+                );
+            }
+            let message = "another agent with this space's token took it over and is \
+                           still linked; standing by";
+            reject(&mut send, RejectReason::Standby, message).await;
+            return Err(LinkEnd::Rejected(message.to_owned()));
+        }
+
+        // 4. Welcome, then register, replacing any older link of the same space. The
         //    old one is told to go away and keeps its open streams until they end.
         let session = self.registry.next_session();
         let (control_tx, control_rx) = mpsc::channel(8);
@@ -200,6 +230,7 @@ impl AgentListener {
             link.clone(),
             services,
             control_tx,
+            instance,
         ));
         let welcome = ControlMessage::Welcome {
             version: PROTOCOL_VERSION,
@@ -228,7 +259,7 @@ impl AgentListener {
         info!(space = %key, space_id = %claims.sub, %session, transport, "space registered");
         tokio::spawn(refuse_agent_streams(link.clone()));
 
-        // 4. The control loop, then cleanup unless a newer link already took over.
+        // 5. The control loop, then cleanup unless a newer link already took over.
         let span = info_span!("space", space = %key, %session);
         let end = self
             .control_loop(&entry, send, control, control_rx)
@@ -250,12 +281,13 @@ impl AgentListener {
     fn check_hello(
         &self,
         hello: ControlMessage,
-    ) -> Result<(SpaceKey, AgentClaims, Vec<Service>), (RejectReason, String)> {
+    ) -> Result<CheckedHello, (RejectReason, String)> {
         let ControlMessage::Hello {
             version,
             token,
             services,
             agent_version,
+            instance,
         } = hello
         else {
             return Err((
@@ -285,8 +317,13 @@ impl AgentListener {
             );
             return Err((RejectReason::BadToken, message));
         };
-        debug!(agent_version, services = services.len(), "hello");
-        Ok((key, claims, services))
+        debug!(agent_version, services = services.len(), instance, "hello");
+        Ok(CheckedHello {
+            key,
+            claims,
+            services,
+            instance,
+        })
     }
 
     /// Answers and sends pings until the link ends or goes silent. After a `GoAway`
@@ -373,6 +410,7 @@ fn reason_label(reason: RejectReason) -> &'static str {
         RejectReason::BadToken => "bad_token",
         RejectReason::ExpiredToken => "expired_token",
         RejectReason::NotYetValid => "not_yet_valid",
+        RejectReason::Standby => "standby",
         RejectReason::Version => "version",
         RejectReason::Protocol => "protocol",
         RejectReason::Unavailable => "unavailable",

@@ -55,6 +55,8 @@ pub struct Entry {
     pub rtt_micros: AtomicU64,
     /// Streams open on this link now.
     pub open_streams: AtomicU64,
+    /// The agent process's `Hello.instance` (0: not given).
+    pub instance: u64,
 }
 
 impl Entry {
@@ -65,6 +67,7 @@ impl Entry {
         link: Link,
         services: Vec<Service>,
         control: mpsc::Sender<ControlMessage>,
+        instance: u64,
     ) -> Self {
         Self {
             session,
@@ -75,6 +78,7 @@ impl Entry {
             since: SystemTime::now(),
             rtt_micros: AtomicU64::new(0),
             open_streams: AtomicU64::new(0),
+            instance,
         }
     }
 
@@ -104,6 +108,16 @@ impl Entry {
 pub struct Registry {
     spaces: RwLock<HashMap<SpaceKey, Arc<Entry>>>,
     next_session: AtomicU64,
+    /// For each space taken over by a second agent: which agent lost it, to which.
+    displaced: RwLock<HashMap<SpaceKey, Displaced>>,
+}
+
+/// An agent instance that lost its space to another agent instance.
+#[derive(Debug, Clone, Copy)]
+struct Displaced {
+    loser: u64,
+    winner: u64,
+    reported: bool,
 }
 
 impl Registry {
@@ -112,6 +126,7 @@ impl Registry {
         Self {
             spaces: RwLock::default(),
             next_session: AtomicU64::new(1),
+            displaced: RwLock::default(),
         }
     }
 
@@ -120,12 +135,50 @@ impl Registry {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Registers `entry` for `key`, returning the entry it replaced, if any.
+    /// Registers `entry` for `key`, returning the entry it replaced, if any. When the
+    /// old link came from another agent process, that agent is remembered as displaced
+    /// (see [`standby`](Self::standby)).
     pub fn insert(&self, key: SpaceKey, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        self.spaces
+        let (winner, k) = (entry.instance, key.clone());
+        let old = self
+            .spaces
             .write()
             .expect("registry lock poisoned")
-            .insert(key, entry)
+            .insert(key, entry);
+        if let Some(old) = &old {
+            if old.instance != 0 && winner != 0 && old.instance != winner {
+                let displaced = Displaced {
+                    loser: old.instance,
+                    winner,
+                    reported: false,
+                };
+                self.displaced
+                    .write()
+                    .expect("registry lock poisoned")
+                    .insert(k, displaced);
+            }
+        }
+        old
+    }
+
+    /// Whether agent `instance` should stand by instead of registering `key`: it lost
+    /// the space to another agent whose link still holds it. Two live agents with one
+    /// token would otherwise take the space from each other forever; the one that
+    /// took over last is kept. `Some(first)`, with `first` true the first time this
+    /// pair is caught (for one warning rather than one per retry).
+    pub fn standby(&self, key: &SpaceKey, instance: u64) -> Option<bool> {
+        if instance == 0 {
+            return None;
+        }
+        let holder = self.get(key)?.instance;
+        let mut displaced = self.displaced.write().expect("registry lock poisoned");
+        let d = displaced.get_mut(key)?;
+        if d.loser != instance || d.winner != holder {
+            return None;
+        }
+        let first = !d.reported;
+        d.reported = true;
+        Some(first)
     }
 
     /// Removes `key` only if it is still registered by `session`.
@@ -133,6 +186,12 @@ impl Registry {
         let mut spaces = self.spaces.write().expect("registry lock poisoned");
         if spaces.get(key).is_some_and(|e| e.session == session) {
             spaces.remove(key);
+            drop(spaces);
+            // No link holds the space any more: whoever comes first may have it.
+            self.displaced
+                .write()
+                .expect("registry lock poisoned")
+                .remove(key);
             return true;
         }
         false

@@ -124,30 +124,52 @@ fn ssh(gw: &Gateway, sshd: &Sshd, token: &str, remote: &str) -> Output {
         .unwrap()
 }
 
-fn a_second_agent_takes_the_space_over(transport: Transport) {
+fn a_second_agent_takes_the_space_over_and_the_first_stands_by(transport: Transport) {
     let sshd = Sshd::start();
-    let gw = Gateway::start();
-    let env = [("KNOT_SSH_PORT", sshd.port().to_string())];
-    let mut first = Agent::start(&gw, transport, "alice", "dev", &env);
-    let _second = Agent::start(&gw, transport, "alice", "dev", &env);
+    let gw = Gateway::start_quick();
+    let env = [
+        ("KNOT_SSH_PORT", sshd.port().to_string()),
+        ("KNOT_AGENT_REPLACED_WAIT", "1".to_owned()),
+    ];
+    let first = Agent::start(&gw, transport, "alice", "dev", &env);
+    let mut second = Agent::start(&gw, transport, "alice", "dev", &env);
     gw.wait_for_log("link replaced by a newer one", 1);
+    let token = gw.user_token_for("alice", "alice--dev", "ssh");
 
-    // The first agent was told, and waits instead of taking the space back.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !first.log().contains("took over") {
+    // The first agent is told, comes back after its wait, and is told to stand by:
+    // the two do not trade the space.
+    wait_for_agent_log(&first, "took over");
+    wait_for_agent_log(&first, "standing by");
+    gw.wait_for_log("two live agents use this space's token", 1);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        support::registrations(&gw, "alice", "dev", transport),
+        2,
+        "the space changed hands again; gateway log:\n{}",
+        gw.log()
+    );
+    assert_ssh_works(&gw, &sshd, &token);
+
+    // Once the agent holding the space is gone, the one standing by takes it.
+    second.kill();
+    support::wait_for_registrations(&gw, "alice", "dev", transport, 3, Duration::from_secs(30));
+    assert_ssh_works(&gw, &sshd, &token);
+}
+
+fn wait_for_agent_log(agent: &Agent, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains(needle) {
         assert!(
             Instant::now() < deadline,
-            "the first agent was not told it was replaced; its log:\n{}",
-            first.log()
+            "the agent never logged {needle:?}; its log:\n{}",
+            agent.log()
         );
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(first.is_running(), "a replaced agent keeps running");
+}
 
-    // SSH goes through the second agent: it works with the first one dead.
-    first.kill();
-    let token = gw.user_token_for("alice", "alice--dev", "ssh");
-    let out = ssh(&gw, &sshd, &token, "echo through the new agent");
+fn assert_ssh_works(gw: &Gateway, sshd: &Sshd, token: &str) {
+    let out = ssh(gw, sshd, token, "echo through the gateway");
     assert!(
         out.status.success(),
         "ssh: {}\ngateway:\n{}",
@@ -156,9 +178,8 @@ fn a_second_agent_takes_the_space_over(transport: Transport) {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "through the new agent\n"
+        "through the gateway\n"
     );
-    assert_eq!(support::registrations(&gw, "alice", "dev", transport), 2);
 }
 
 fn a_raw_tcp_client_that_half_closes_gets_the_whole_reply(transport: Transport) {
@@ -251,6 +272,6 @@ fn kill_9_agent_mid_stream_makes_gateway_connect_fail(transport: Transport) {
 on_both_transports!(
     kill_9_agent_mid_download_is_an_error_and_a_new_agent_serves,
     kill_9_agent_mid_stream_makes_gateway_connect_fail,
-    a_second_agent_takes_the_space_over,
+    a_second_agent_takes_the_space_over_and_the_first_stands_by,
     a_raw_tcp_client_that_half_closes_gets_the_whole_reply,
 );

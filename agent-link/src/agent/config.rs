@@ -90,6 +90,16 @@ pub struct AgentConfig {
     )]
     pub quic_probe_interval: Duration,
 
+    /// After another agent with this space's token took the space over, how long to
+    /// wait before trying again (seconds; each wait is drawn from 0.5 to 1.5 times this).
+    #[arg(
+        long,
+        env = "KNOT_AGENT_REPLACED_WAIT",
+        value_parser = parse_secs,
+        default_value = "120"
+    )]
+    pub replaced_wait: Duration,
+
     /// Address of the HTTPS `/ping` and `/status` listener. All interfaces by default:
     /// the scheduler's health check comes from outside the space's container.
     #[arg(long, env = "KNOT_AGENT_PING_LISTEN", default_value = "0.0.0.0:3000")]

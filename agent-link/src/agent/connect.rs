@@ -74,6 +74,8 @@ pub(super) struct Connector {
     mux_tls: Arc<rustls::ClientConfig>,
     quic_timeout: Duration,
     endpoint: Option<(bool, quinn::Endpoint)>,
+    /// Sent in every `Hello`: the same for all links of this process.
+    instance: u64,
 }
 
 impl Connector {
@@ -91,6 +93,7 @@ impl Connector {
             mux_tls: Arc::new(trust.client_config(&[ALPN_MUX])?),
             quic_timeout: config.quic_timeout,
             endpoint: None,
+            instance: fastrand::u64(1..),
         })
     }
 
@@ -193,6 +196,7 @@ impl Connector {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             token: self.token.clone(),
             services: self.services.clone(),
+            instance: self.instance,
         };
         send_control(&mut send, &hello).await?;
         match control.next_within(HANDSHAKE_TIMEOUT).await? {

@@ -19,9 +19,6 @@ use crate::transport::TransportKind;
 /// A link that stayed up this long resets the reconnect backoff.
 const STABLE_LINK: Duration = Duration::from_secs(30);
 
-/// How long an agent whose space was taken over by another agent waits (±50%).
-const REPLACED_WAIT: Duration = Duration::from_secs(120);
-
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -77,11 +74,21 @@ pub(super) async fn keep_linked(
                 // Another agent registered this space. Coming straight back would take
                 // it over again, and the two would trade the space forever; wait long
                 // enough that a live rival keeps it, and a dead one is replaced.
-                let delay = REPLACED_WAIT.mul_f64(0.5 + fastrand::f64());
+                let delay = config.replaced_wait.mul_f64(0.5 + fastrand::f64());
                 warn!(
                     ?delay,
                     "another agent with this space's token took over; waiting before trying again"
                 );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            LinkEnd::Rejected {
+                reason: RejectReason::Standby,
+                message,
+            } => {
+                // The rival that took over is still alive: the gateway keeps it.
+                let delay = config.replaced_wait.mul_f64(0.5 + fastrand::f64());
+                warn!(?delay, %message, "standing by: a newer agent holds this space");
                 tokio::time::sleep(delay).await;
                 continue;
             }

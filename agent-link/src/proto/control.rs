@@ -95,6 +95,9 @@ pub enum RejectReason {
     Unavailable,
     /// The token's validity starts later (the clocks disagree, or it was minted for later).
     NotYetValid,
+    /// Another live agent, which took this space over from this one, holds it: this
+    /// agent stands by and tries again later.
+    Standby,
 }
 
 impl RejectReason {
@@ -106,6 +109,7 @@ impl RejectReason {
             Self::Protocol => 4,
             Self::Unavailable => 5,
             Self::NotYetValid => 6,
+            Self::Standby => 7,
         }
     }
 
@@ -117,6 +121,7 @@ impl RejectReason {
             4 => Self::Protocol,
             5 => Self::Unavailable,
             6 => Self::NotYetValid,
+            7 => Self::Standby,
             other => {
                 return Err(DecodeError::InvalidValue {
                     field: "reject reason",
@@ -145,6 +150,10 @@ pub enum ControlMessage {
         token: String,
         /// The services the space offers.
         services: Vec<Service>,
+        /// A random number the agent process picks once at start, so that the gateway
+        /// can tell the same agent on a new link from a second agent with the same
+        /// token. 0: not given (the `Hello` ends before it).
+        instance: u64,
     },
     /// Gateway to agent: registered.
     Welcome {
@@ -197,12 +206,17 @@ impl ControlMessage {
                 agent_version,
                 token,
                 services,
+                instance,
             } => {
                 w.u8(HELLO);
                 w.u16(*version);
                 w.str(agent_version);
                 w.str(token);
                 encode_services(w, services);
+                // Left out when unknown, so that a `Hello` without one re-encodes as it was.
+                if *instance != 0 {
+                    w.u64(*instance);
+                }
             }
             Self::Welcome {
                 version,
@@ -247,6 +261,7 @@ impl ControlMessage {
                 agent_version: r.str()?,
                 token: r.str()?,
                 services: decode_services(&mut r)?,
+                instance: if r.is_empty() { 0 } else { r.u64()? },
             },
             WELCOME => Self::Welcome {
                 version: r.u16()?,
@@ -334,6 +349,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             token: "a.b.c".into(),
             services: services.clone(),
+            instance: 0x0123_4567_89ab_cdef,
         });
         round_trip(ControlMessage::Welcome {
             version: 1,
@@ -378,5 +394,26 @@ mod tests {
                 value: 99
             }
         );
+    }
+
+    #[test]
+    fn a_hello_without_an_instance_decodes_with_zero() {
+        let mut full = BytesMut::new();
+        ControlMessage::Hello {
+            version: 1,
+            agent_version: "0.1.0".into(),
+            token: "a.b.c".into(),
+            services: Vec::new(),
+            instance: 9,
+        }
+        .encode(&mut full);
+        // The body without its last eight bytes, as an agent without instances sends.
+        let body = &full[4..full.len() - 8];
+        match ControlMessage::decode(body).unwrap() {
+            ControlMessage::Hello { instance, .. } => assert_eq!(instance, 0),
+            other => panic!("{other:?}"),
+        }
+        // A partial instance is malformed, not zero.
+        assert!(ControlMessage::decode(&full[4..full.len() - 3]).is_err());
     }
 }

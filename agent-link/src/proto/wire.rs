@@ -68,6 +68,11 @@ impl<'a> Reader<'a> {
             .map_err(|_| DecodeError::InvalidUtf8)
     }
 
+    /// Whether every byte has been read: for a field that a message may end before.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Every message must be consumed exactly: trailing bytes mean the peer and we
     /// disagree about the layout, which is a protocol error rather than something to skip.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
