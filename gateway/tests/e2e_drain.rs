@@ -1,5 +1,6 @@
-//! SIGTERM drains: readiness fails, nothing new is accepted, a download already under
-//! way finishes whole, and the process exits 0.
+//! SIGTERM drains: readiness fails, nothing new is accepted, a download and an SSH
+//! session already under way finish whole, the agent is told to reconnect at once, and
+//! the process exits 0.
 
 // Helpers outside #[test] functions unwrap too: a failure is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -9,22 +10,26 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::servers::{sha256_file, write_random_file, Nginx, TempDir};
+use support::servers::{sha256_file, write_random_file, Nginx, Sshd, TempDir};
 use support::{Agent, Gateway, Transport};
 
 #[test]
-fn sigterm_lets_an_open_download_finish_and_exits_zero() {
+fn sigterm_lets_an_open_download_and_ssh_session_finish_and_exits_zero() {
     let root = TempDir::new("test-www");
     let file = root.path().join("big.bin");
     write_random_file(&file, 12 << 20);
     let nginx = Nginx::start(root.path());
+    let sshd = Sshd::start();
     let mut gw = Gateway::start();
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &gw,
         Transport::Quic,
         "alice",
         "web",
-        &[("KNOT_HTTP_PORT", nginx.port().to_string())],
+        &[
+            ("KNOT_HTTP_PORT", nginx.port().to_string()),
+            ("KNOT_SSH_PORT", sshd.port().to_string()),
+        ],
     );
     let token = gw.user_token("alice", &["alice--web"]);
     let out_dir = TempDir::new("test-drain");
@@ -42,6 +47,21 @@ fn sigterm_lets_an_open_download_finish_and_exits_zero() {
             out.to_str().unwrap(),
             &url,
         ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An SSH session that ends three seconds from now, with output at its end.
+    let session = Command::new("ssh")
+        .args(sshd.ssh_base_args())
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand={}",
+            gw.proxy_command("alice/web", &token)
+        ))
+        .arg(format!("{}@space", sshd.user()))
+        .arg("sleep 3; echo session finished")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -89,6 +109,21 @@ fn sigterm_lets_an_open_download_finish_and_exits_zero() {
         sha256_file(&out),
         sha256_file(&file),
         "the open download finished whole"
+    );
+    let session = session.wait_with_output().unwrap();
+    assert!(
+        session.status.success(),
+        "the open SSH session failed: {}",
+        String::from_utf8_lossy(&session.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&session.stdout),
+        "session finished\n"
+    );
+    assert!(
+        agent.log().contains("gateway draining; reconnecting now"),
+        "the agent was not told to reconnect at once; its log:\n{}",
+        agent.log()
     );
     assert_eq!(
         gw.wait_exit(Duration::from_secs(30)),
