@@ -278,10 +278,7 @@ impl AgentListener {
         Ok(())
     }
 
-    fn check_hello(
-        &self,
-        hello: ControlMessage,
-    ) -> Result<CheckedHello, (RejectReason, String)> {
+    fn check_hello(&self, hello: ControlMessage) -> Result<CheckedHello, (RejectReason, String)> {
         let ControlMessage::Hello {
             version,
             token,
