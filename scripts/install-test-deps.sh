@@ -20,6 +20,8 @@ declare -A NEEDED=(
     [sha256sum]=coreutils
     [nft]=nftables
     [ip]=iproute2
+    # loadtest --loss: a tbf qdisc on its namespace's veth pair.
+    [tc]=iproute2
     [python3]=python3
     [openssl]=openssl
     [promtool]=prometheus
@@ -30,9 +32,11 @@ declare -A NEEDED=(
 )
 
 # file -> Debian package, for what is not a command: nginx's stream module
-# (TCP/UDP proxying), loaded by the deploy/lb-nginx.conf check.
+# (TCP/UDP proxying), loaded by the deploy/lb-nginx.conf check, and a font.
 declare -A NEEDED_FILES=(
     [/usr/lib/nginx/modules/ngx_stream_module.so]=libnginx-mod-stream
+    # The font loadtest --plot draws its text with (read at run time, no fontconfig).
+    [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
 )
 
 # Python modules from PyPI (not packaged by Debian): python-hcl2 parses the

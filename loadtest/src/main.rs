@@ -1,14 +1,59 @@
-//! `loadtest`: simulated agents and users against a gateway.
+//! `loadtest`: simulated agents and users against a gateway, each workload measured
+//! through the gateway (per link transport) and straight to the same sources, in one
+//! run, reported as latency percentiles, rates and ratios to the direct path.
 //!
-//! Not built yet: the workloads (desktop frames, interactive echo, HTTP, bulk, idle
-//! links, reconnect storms) and their side-by-side comparison with a direct connection
-//! are the next piece of work. Until then this binary says so and fails, so that no
-//! script mistakes it for a measurement.
+//! See docs/performance.md for the scenarios and how to run them.
 
-fn main() -> std::process::ExitCode {
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("loadtest: no workload is implemented yet; see docs/performance.md");
+// A command-line tool: its results table goes to standard output.
+#![allow(clippy::print_stdout)]
+
+mod cli;
+mod client;
+mod clock;
+mod frame;
+mod gateway;
+mod lossy;
+mod plot;
+mod procstat;
+mod progress;
+mod report;
+mod run;
+mod sources;
+mod spaces;
+mod stats;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    let result = if cli.space_side {
+        runtime.block_on(lossy::space_side(cli))
+    } else {
+        // Ctrl-C drops the run, and with it the gateway process and the namespace.
+        runtime.block_on(async {
+            tokio::select! {
+                r = run::main(cli) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            }
+        })
+    };
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("loadtest: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
     }
-    std::process::ExitCode::from(2)
 }

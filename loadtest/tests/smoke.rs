@@ -1,0 +1,82 @@
+//! The load test runs end to end on a small scale: each user workload, through the
+//! gateway on both transports and directly, with no errors and a JSON report whose
+//! numbers hang together. It guards the instrument; the measurements themselves are
+//! taken by hand (docs/performance.md), never asserted here.
+
+// A failed unwrap in a test is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The debug gateway that `cargo build --workspace` leaves next to this test's binary.
+fn gateway_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
+    let gateway = bin.with_file_name("gateway");
+    assert!(
+        gateway.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        gateway.display()
+    );
+    gateway
+}
+
+fn run(workload: &str, extra: &[&str]) -> serde_json::Value {
+    let dir =
+        std::env::temp_dir().join(format!("loadtest-smoke-{}-{workload}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--workload", workload, "--direct", "--duration", "2"])
+        .args(["--gateway-bin", gateway_bin().to_str().unwrap()])
+        .args(["--json", json.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadtest {workload}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// Every path ran, measured something and saw no error; gateway paths have ratios.
+fn check(report: &serde_json::Value) {
+    let rows = report["rows"].as_array().unwrap();
+    let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["direct", "gateway/quic", "gateway/tcp"],
+        "{report:#}"
+    );
+    for row in rows {
+        let summary = &row["summary"];
+        assert!(summary["count"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(summary["errors"].as_u64().unwrap(), 0, "{row:#}");
+        let (p50, p99) = (
+            summary["p50_ms"].as_f64().unwrap(),
+            summary["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{row:#}");
+        if row["path"] != "direct" {
+            assert!(row["ratio"]["p50"].as_f64().unwrap() > 0.0, "{row:#}");
+        }
+    }
+}
+
+#[test]
+fn desktop_frames_arrive_on_every_path() {
+    let report = run("desktop", &["--frame-size", "4KiB", "--fps", "30"]);
+    check(&report);
+}
+
+#[test]
+fn keystrokes_requests_and_downloads_complete_on_every_path() {
+    check(&run("interactive", &[]));
+    check(&run("http", &["--concurrency", "2"]));
+    check(&run("bulk", &["--bulk-size", "4MiB"]));
+}
