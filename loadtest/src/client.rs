@@ -106,6 +106,29 @@ pub struct HttpConn {
     host: String,
     auth: String,
     buf: Vec<u8>,
+    /// How far the current request got, for the message when it is cut short.
+    progress: Progress,
+}
+
+/// How far a request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Sent; no status line yet.
+    Sent,
+    /// The head arrived; the body's bytes so far, of the announced length.
+    Body { got: u64, of: u64 },
+    /// The whole response arrived.
+    Done,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Sent => f.write_str("no response head"),
+            Progress::Body { got, of } => write!(f, "{got} of {of} body bytes"),
+            Progress::Done => f.write_str("complete"),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpConn {
@@ -127,7 +150,13 @@ impl HttpConn {
                 .map(|t| format!("Authorization: Bearer {t}\r\n"))
                 .unwrap_or_default(),
             buf: vec![0u8; 64 * 1024],
+            progress: Progress::Done,
         })
+    }
+
+    /// How far the last request got.
+    pub fn progress(&self) -> Progress {
+        self.progress
     }
 
     /// GETs `path`; checks the status is 200 and the body has its announced length.
@@ -137,7 +166,11 @@ impl HttpConn {
             "GET {path} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
             self.host, self.auth
         );
-        self.io.get_mut().write_all(head.as_bytes()).await?;
+        self.progress = Progress::Sent;
+        // TLS may keep what it could not send at once until a flush.
+        let io = self.io.get_mut();
+        io.write_all(head.as_bytes()).await?;
+        io.flush().await?;
         let mut line = String::new();
         self.io.read_line(&mut line).await?;
         if !line.starts_with("HTTP/1.1 200") {
@@ -160,6 +193,7 @@ impl HttpConn {
         }
         let length = length.context("response without Content-Length")?;
         let mut left = length;
+        self.progress = Progress::Body { got: 0, of: length };
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
             let n = self.io.read(&mut self.buf[..want]).await?;
@@ -167,7 +201,12 @@ impl HttpConn {
                 bail!("body cut after {} of {length} bytes", length - left);
             }
             left -= n as u64;
+            self.progress = Progress::Body {
+                got: length - left,
+                of: length,
+            };
         }
+        self.progress = Progress::Done;
         Ok(length)
     }
 }

@@ -198,11 +198,17 @@ impl GatewayProc {
             .create(true)
             .append(true)
             .open(self.dir.join("gateway.log"))?;
+        // Warnings go to gateway.log, summarised in the report. With RUST_LOG set, the
+        // gateway logs at that level to this process's standard error instead.
+        let (level, stderr) = match std::env::var("RUST_LOG") {
+            Ok(level) => (level, Stdio::inherit()),
+            Err(_) => ("warn".to_owned(), Stdio::from(log)),
+        };
         let child = Command::new(&self.binary)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .context("starting the gateway")?;
         self.child = Some(child);

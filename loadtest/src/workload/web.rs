@@ -72,7 +72,10 @@ async fn request_loop(opts: Opts, via: Via, space: Space, path: &str) -> Stats {
                 break;
             }
             None => {
-                stats.error(1, || format!("GET {path}: not finished by the deadline"));
+                let got = conn.progress();
+                stats.error(1, || {
+                    format!("GET {path}: not finished by the deadline ({got})")
+                });
                 break;
             }
         }
