@@ -36,6 +36,9 @@ fn split_send_size() -> usize {
         .unwrap_or(SPLIT_SEND_SIZE)
 }
 
+/// Bytes of a yamux frame header.
+const FRAME_HEADER: usize = 12;
+
 /// Streams allowed on one link at once (user connections into one space). yamux
 /// requires the connection window to cover 256 KiB for each.
 const MAX_STREAMS: usize = 4096;
@@ -88,6 +91,10 @@ impl MuxLink {
         config.set_max_num_streams(MAX_STREAMS);
         config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
         let mode = if server { Mode::Server } else { Mode::Client };
+        // yamux writes each frame as two writes, header then body, and flushes after
+        // every frame. Straight onto TLS that is two records and two system calls per
+        // frame; a buffer under yamux joins them into one, sent at yamux's flush.
+        let io = tokio::io::BufWriter::with_capacity(split_send_size() + FRAME_HEADER, io);
         let conn = Connection::new(io.compat(), config, mode);
 
         let (commands, command_rx) = mpsc::unbounded_channel();
