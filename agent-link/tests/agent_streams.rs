@@ -82,7 +82,7 @@ async fn the_agent_refuses_ports_it_does_not_offer_and_garbage_and_keeps_serving
         .unwrap();
     tls.alpn_protocols = vec![ALPN_QUIC.to_vec()];
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let endpoint = server_endpoint(addr, tls, &LinkTuning::gateway()).unwrap();
+    let endpoint = server_endpoint(addr, tls, &LinkTuning::gateway(), &[7u8; 32]).unwrap();
     let port = endpoint.local_addr().unwrap().port();
 
     let _agent = Killed(

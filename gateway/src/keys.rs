@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use agent_link::transport::quic::RESET_KEY_LEN;
 use rcgen::{KeyPair, PKCS_ED25519};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
@@ -36,6 +37,17 @@ pub enum KeyError {
         what: &'static str,
         /// What the parser said.
         detail: String,
+    },
+    /// The QUIC reset key file has the wrong length.
+    #[error(
+        "{path}: {len} bytes where a QUIC reset key has {RESET_KEY_LEN}; \
+         delete the file and the gateway makes a new key"
+    )]
+    ResetKey {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
     },
     /// Key generation failed.
     #[error("cannot generate a key pair: {0}")]
@@ -155,6 +167,39 @@ impl VerifyingKey {
     }
 }
 
+/// The file in the data directory that keeps the QUIC stateless-reset key.
+pub fn reset_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("quic-reset-key")
+}
+
+/// The QUIC stateless-reset key kept in `path` (32 random bytes, mode 0600), made on
+/// first start. The same key after a restart lets the gateway answer the packets of
+/// links it lost with a reset the agents can verify, so they reconnect at once.
+pub fn load_or_create_reset_key(path: &Path) -> Result<[u8; RESET_KEY_LEN], KeyError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let len = bytes.len();
+            bytes.try_into().map_err(|_| KeyError::ResetKey {
+                path: path.to_owned(),
+                len,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use ring::rand::SecureRandom;
+            let mut key = [0u8; RESET_KEY_LEN];
+            ring::rand::SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| KeyError::Generate("no system randomness".to_owned()))?;
+            write_private(path, &key)?;
+            Ok(key)
+        }
+        Err(source) => Err(KeyError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Writes a secret file with mode 0600 from the start, so it is never readable by others.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
@@ -176,6 +221,24 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_key_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("gw-reset-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = reset_key_path(&dir);
+        let _ = fs::remove_file(&path);
+        let made = load_or_create_reset_key(&path).unwrap();
+        assert_ne!(made, [0u8; RESET_KEY_LEN]);
+        assert_eq!(load_or_create_reset_key(&path).unwrap(), made);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(&path, b"short").unwrap();
+        let e = load_or_create_reset_key(&path).unwrap_err().to_string();
+        assert!(e.contains("5 bytes where a QUIC reset key has 32"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn keys_survive_a_round_trip_through_pem_files() {

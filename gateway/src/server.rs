@@ -81,10 +81,13 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
 
     // 2. Listeners, bound before anything is announced so that a port in use fails
     //    the start instead of a later connection.
+    let reset_key =
+        crate::keys::load_or_create_reset_key(&crate::keys::reset_key_path(&config.data_dir))?;
     let endpoint = server_endpoint(
         config.agents.listen,
         certs::agent_listener(&certs)?,
         &LinkTuning::gateway(),
+        &reset_key,
     )
     .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;
     let agents_tcp = bind(config.agents.listen, "agents").await?;

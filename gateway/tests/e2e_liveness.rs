@@ -140,3 +140,33 @@ fn fifty_agents_return_to_a_restarted_gateway_spread_out() {
         "{busiest} of {AGENTS} agents came back within 100 ms of each other"
     );
 }
+
+/// A QUIC agent whose gateway restarted hears so at its next packet: the gateway keeps
+/// its stateless-reset key in the data directory, so it can answer a link it no longer
+/// knows with a reset the agent trusts, and the agent does not wait for its pings to go
+/// unanswered.
+#[test]
+fn a_quic_agent_is_told_at_once_that_a_restarted_gateway_lost_its_link() {
+    let mut gw = Gateway::start();
+    let agent = Agent::start(
+        &gw,
+        Transport::Quic,
+        "alice",
+        "dev",
+        &[("KNOT_HTTP_PORT", "8080".to_owned())],
+    );
+    gw.kill();
+    gw.restart();
+    wait_for_registrations(
+        &gw,
+        "alice",
+        "dev",
+        Transport::Quic,
+        2,
+        Duration::from_secs(40),
+    );
+    let log = agent.log();
+    let down: Vec<&str> = log.lines().filter(|l| l.contains("link down")).collect();
+    assert_eq!(down.len(), 1, "agent log:\n{log}");
+    assert!(down[0].contains("reset by peer"), "agent log:\n{log}");
+}

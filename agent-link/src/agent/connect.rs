@@ -46,8 +46,8 @@ pub(super) enum LinkEnd {
     GoAway(String),
     #[error("no answer to pings for {0:?}")]
     Silent(Duration),
-    #[error("link closed")]
-    Closed,
+    #[error("link closed: {0}")]
+    Closed(String),
     #[error("cannot create the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
 }
@@ -57,7 +57,7 @@ impl LinkEnd {
     pub(super) fn worth_another_transport(&self) -> bool {
         matches!(
             self,
-            Self::Connect(..) | Self::Closed | Self::Control(_) | Self::Io(_)
+            Self::Connect(..) | Self::Closed(_) | Self::Control(_) | Self::Io(_)
         )
     }
 }
@@ -214,7 +214,9 @@ impl Connector {
             Some(other) => Err(LinkEnd::Protocol(format!(
                 "expected Welcome, got {other:?}"
             ))),
-            None => Err(LinkEnd::Closed),
+            None => Err(LinkEnd::Closed(
+                "the gateway ended the control stream before answering".to_owned(),
+            )),
         }
     }
 }
@@ -284,7 +286,9 @@ impl Session {
                         Ok(Some(other)) => {
                             return LinkEnd::Protocol(format!("unexpected {other:?}"));
                         }
-                        Ok(None) => return LinkEnd::Closed,
+                        Ok(None) => {
+                            return LinkEnd::Closed("the gateway ended the control stream".into());
+                        }
                         Err(e) => return e.into(),
                     }
                 }
@@ -292,7 +296,7 @@ impl Session {
                     Ok(ping) => ping,
                     Err(Silent(limit)) => return LinkEnd::Silent(limit),
                 },
-                _ = self.link.closed() => return LinkEnd::Closed,
+                why = self.link.closed() => return LinkEnd::Closed(why),
             };
             if let Err(e) = send_control(&mut self.send, &reply).await {
                 return e.into();

@@ -87,12 +87,20 @@ impl Link {
     }
 
     /// Waits until the link has closed, for whatever reason.
-    pub async fn closed(&self) {
+    pub async fn closed(&self) -> String {
         match self {
-            Self::Quic(conn) => {
-                conn.closed().await;
+            Self::Quic(conn) => match conn.closed().await {
+                // A stateless reset: the peer no longer knows this connection, as after
+                // a restart, and said so at this end's first packet since.
+                quinn::ConnectionError::Reset => {
+                    "reset by peer: it no longer knows this link (restarted?)".to_owned()
+                }
+                e => e.to_string(),
+            },
+            Self::Mux(link) => {
+                link.closed().await;
+                "the TLS/TCP connection ended".to_owned()
             }
-            Self::Mux(link) => link.closed().await,
         }
     }
 

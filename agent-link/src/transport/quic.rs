@@ -78,11 +78,20 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Bytes of the key that stateless-reset tokens are derived from.
+pub const RESET_KEY_LEN: usize = 32;
+
 /// A QUIC endpoint that accepts links, on `addr`.
+///
+/// `reset_key` derives the stateless-reset token of every connection ID the endpoint
+/// issues. Kept across restarts, it lets a restarted gateway tell each agent at its
+/// first packet that its link is gone, so the agent reconnects at once instead of
+/// waiting out its silent-link limit; a key made afresh per process cannot.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     tuning: &LinkTuning,
+    reset_key: &[u8; RESET_KEY_LEN],
 ) -> std::io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -90,7 +99,19 @@ pub fn server_endpoint(
     let socket = bind_udp(addr)?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    Endpoint::new(EndpointConfig::default(), Some(config), socket, runtime)
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    // The connection IDs carry a check keyed per endpoint, by which packets for unknown
+    // connections are told from noise; only those are answered with a reset. Its key
+    // must survive a restart too, so it is derived from the reset key.
+    let tag = ring::hmac::sign(&reset_key, b"connection id check");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Endpoint::new(endpoint_config, Some(config), socket, runtime)
 }
 
 /// A QUIC endpoint that dials links, bound to an ephemeral port of `peer`'s family.
