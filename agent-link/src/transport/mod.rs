@@ -3,6 +3,7 @@
 //! A [`Link`] opens and accepts [`DataStream`]s; a data stream is a pair of halves that
 //! read and write bytes with half-close. Routing and the relay use only these types.
 
+pub mod cc;
 pub mod mux;
 pub mod quic;
 

@@ -56,6 +56,7 @@ impl LinkTuning {
         t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
         t.receive_window(VarInt::MAX);
         t.send_window(32 * 1024 * 1024);
+        t.congestion_controller_factory(Arc::new(super::cc::CappedCubic::default()));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_idle_timeout(Some(
             IdleTimeout::try_from(self.idle_timeout).expect("idle timeout below 2^62 ms"),
