@@ -180,14 +180,10 @@ impl AgentListener {
             reject(&mut send, RejectReason::Unavailable, &message).await;
             return Err(LinkEnd::Rejected(message));
         }
+        //    A good token is never limited: the spaces behind one address must not be
+        //    kept out by a neighbour's bad ones. An address that keeps failing is told
+        //    only to wait, whatever was wrong, until its failures are forgiven.
         let source = link.remote_addr().ip();
-        if !self.limiter.allows(source, Instant::now()) {
-            self.metrics.registration("rate_limited");
-            let message =
-                "too many registration attempts from this address; retry in a few seconds";
-            reject(&mut send, RejectReason::Unavailable, message).await;
-            return Err(LinkEnd::Rejected(message.to_owned()));
-        }
         let CheckedHello {
             key,
             claims,
@@ -196,6 +192,13 @@ impl AgentListener {
         } = match self.check_hello(hello) {
             Ok(ok) => ok,
             Err((reason, message)) => {
+                if !self.limiter.allows(source, Instant::now()) {
+                    self.metrics.registration("rate_limited");
+                    let message = "too many failed registrations from this address; \
+                                   retry in a few seconds";
+                    reject(&mut send, RejectReason::Unavailable, message).await;
+                    return Err(LinkEnd::Rejected(message.to_owned()));
+                }
                 self.metrics.registration(reason_label(reason));
                 self.limiter.failed(source, Instant::now());
                 reject(&mut send, reason, &message).await;

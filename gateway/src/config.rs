@@ -280,14 +280,24 @@ impl Config {
         if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
-        if self.public.max_message_bytes < 1024 {
+        if self.public.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "public.max_message_bytes must be at least {MIN_MESSAGE_BYTES}: \
+                 `gateway connect` sends messages of up to 32 KiB"
+            )));
+        }
+        if self.agents.ping_interval_secs == 0 {
             return Err(ConfigError::Invalid(
-                "public.max_message_bytes must be at least 1024".into(),
+                "agents.ping_interval_secs must be at least 1".into(),
             ));
         }
         Ok(())
     }
 }
+
+/// The smallest `public.max_message_bytes`: twice the largest message `gateway connect`
+/// sends, so that the project's own client always fits.
+pub const MIN_MESSAGE_BYTES: usize = 64 * 1024;
 
 fn default_data_dir() -> PathBuf {
     // An empty or relative XDG_DATA_HOME is to be ignored (XDG Base Directory spec).
@@ -366,6 +376,19 @@ mod tests {
             toml::Value::String(s) => vec![(prefix.to_owned(), s.clone())],
             other => vec![(prefix.to_owned(), other.to_string())],
         }
+    }
+
+    #[test]
+    fn a_message_limit_below_what_connect_sends_and_a_zero_ping_interval_are_refused() {
+        let small = Config::parse("[public]\nmax_message_bytes = 1024\n").unwrap();
+        let e = small.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 65536"), "{e}");
+        let zero = Config::parse("[agents]\nping_interval_secs = 0\n").unwrap();
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("agents.ping_interval_secs must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Failed registrations per source address: a token bucket each. Only failures spend
-//! from the bucket, so agents with good tokens are never slowed (many spaces behind one
-//! NAT address all reconnect at once after a gateway restart), while an address that
-//! keeps presenting bad tokens is refused before its tokens are even checked.
+//! from the bucket, and a good token is accepted whatever its address's bucket holds, so
+//! agents with good tokens are never slowed or kept out (many spaces behind one NAT
+//! address all reconnect at once after a gateway restart, and one of them may present
+//! bad tokens), while an address that keeps presenting bad tokens is told only to wait.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
