@@ -170,3 +170,39 @@ fn a_quic_agent_is_told_at_once_that_a_restarted_gateway_lost_its_link() {
     assert_eq!(down.len(), 1, "agent log:\n{log}");
     assert!(down[0].contains("reset by peer"), "agent log:\n{log}");
 }
+
+/// An agent stopped with SIGTERM (the scheduler stopping its space) closes its link, so
+/// the gateway forgets the space at once: users are told it is not connected instead of
+/// waiting for the silent-link limit, and a restarted agent is not kept out by the old
+/// link.
+fn a_stopped_agent_closes_its_link(transport: Transport) {
+    let gw = Gateway::start();
+    let mut agent = Agent::start(
+        &gw,
+        transport,
+        "alice",
+        "dev",
+        &[("KNOT_HTTP_PORT", "8080".to_owned())],
+    );
+    agent.signal("TERM");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("stopping: closing the link"),
+        "{}",
+        agent.log()
+    );
+    let log = gw.wait_for_log("space unregistered space=alice--dev", 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("space unregistered space=alice--dev"))
+        .unwrap();
+    // Not noticed by silence: three default ping intervals would be 15 s.
+    assert!(!line.contains("no pong"), "{line}");
+}
+
+on_both_transports!(a_stopped_agent_closes_its_link);

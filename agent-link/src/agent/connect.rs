@@ -145,6 +145,15 @@ impl Connector {
             .await
     }
 
+    /// Closes every QUIC link at once, telling the gateway why, and waits a moment for
+    /// the close to be sent. TLS/TCP links close with the process.
+    pub(super) async fn close(&mut self, reason: &str) {
+        if let Some((_, endpoint)) = self.endpoint.take() {
+            endpoint.close(0u32.into(), reason.as_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+
     /// One endpoint per address family, made on first use.
     fn endpoint_for(&mut self, addr: SocketAddr) -> Result<quinn::Endpoint, LinkEnd> {
         match &self.endpoint {

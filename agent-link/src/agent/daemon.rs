@@ -29,14 +29,31 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     // (and so the scripts) over and over.
     tokio::spawn(StartupScripts::new(&config).run().in_current_span());
 
-    keep_linked(config, connector, status).await
+    keep_linked(config, connector, status, stop_signal()).await
+}
+
+/// SIGTERM (the scheduler stopping the space) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Keeps the link only, with no `/ping` listener and no startup scripts: for harnesses
 /// such as `loadtest` that run many agents in one process. Runs until a permanent error.
 pub async fn run_link_only(config: AgentConfig) -> Result<(), RunError> {
     let connector = Connector::new(&config)?;
-    keep_linked(config, connector, LinkStatus::new()).await
+    keep_linked(config, connector, LinkStatus::new(), std::future::pending()).await
 }
 
 /// Opens the `/ping` and `/status` listener. If it cannot, the agent links anyway:

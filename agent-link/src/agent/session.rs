@@ -39,10 +39,28 @@ pub enum RunError {
 }
 
 /// Keeps a link to the gateway until a permanent error, and keeps `status` up to date.
+///
+/// When `stop` completes, the agent closes its links, so that the gateway learns at once
+/// that the space is gone rather than after its silent-link limit, and returns `Ok`.
 pub(super) async fn keep_linked(
     config: AgentConfig,
     mut connector: Connector,
     status: LinkStatus,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    tokio::select! {
+        end = link_loop(&config, &mut connector, &status) => return end,
+        () = stop => {}
+    }
+    info!("stopping: closing the link");
+    connector.close("agent stopping").await;
+    Ok(())
+}
+
+async fn link_loop(
+    config: &AgentConfig,
+    connector: &mut Connector,
+    status: &LinkStatus,
 ) -> Result<(), RunError> {
     let offered = Arc::new(Offered::new(&connector.services));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -54,8 +72,8 @@ pub(super) async fn keep_linked(
 
     loop {
         let started = Instant::now();
-        let end = match establish(&mut connector, config.transport).await {
-            Ok(session) => serve(&mut connector, &config, session, &offered, &status).await,
+        let end = match establish(connector, config.transport).await {
+            Ok(session) => serve(connector, config, session, &offered, status).await,
             Err(end) => end,
         };
         status.down(&end);

@@ -397,6 +397,15 @@ impl Agent {
         fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// Sends `signal` (such as `TERM`) to the agent with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Kills the agent with SIGKILL: its link ends without a word.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
