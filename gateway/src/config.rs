@@ -112,8 +112,9 @@ pub struct PublicConfig {
     /// their TLS handshake; past it a new connection is answered 503 and closed.
     /// Default 16384.
     pub max_connections: usize,
-    /// A relayed connection (websocket or upgraded) that moves no byte either way for
-    /// this long is closed, in seconds; 0 never closes one. Default 3600.
+    /// A relayed connection (websocket, upgraded, or a proxied HTTP request waiting for
+    /// its answer) that moves no byte either way for this long is closed, in seconds; 0
+    /// never closes one. Default 3600.
     pub stream_idle_timeout_secs: u64,
     /// Largest websocket message a client may send on the SSH and TCP routes, in bytes;
     /// a larger one closes the websocket with code 1009. Default 1048576.

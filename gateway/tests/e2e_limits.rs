@@ -334,3 +334,37 @@ async fn a_websocket_message_over_the_limit_closes_with_1009() {
     assert_eq!(close.code, CloseCode::Size);
     assert_eq!(close.reason.as_str(), "message larger than 1048576 bytes");
 }
+
+/// A web service in the space that takes a request and never answers does not hold the
+/// user, or the link's stream, forever: after the idle limit the user gets 502.
+#[test]
+fn a_request_the_space_never_answers_gets_502_after_the_idle_limit() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds every connection, reading nothing and answering nothing.
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().take(16) {
+            held.push(conn);
+        }
+    });
+    let gw = Gateway::start_configured("[public]\nstream_idle_timeout_secs = 2\n", &[]);
+    let _agent = Agent::start(
+        &gw,
+        Transport::Quic,
+        "alice",
+        "dev",
+        &[("KNOT_HTTP_PORT", port.to_string())],
+    );
+    let token = gw.user_token("alice", &["alice--dev"]);
+    let started = Instant::now();
+    let (status, body) = support::get(
+        &gw,
+        &gw.space_url(&format!("alice--dev--{port}"), "/"),
+        Some(&token),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert!(took >= Duration::from_secs(2), "answered after {took:?}");
+    println!("unanswered request: 502 after {took:?}: {}", body.trim());
+}

@@ -31,6 +31,10 @@ pub(super) async fn forward(
     let Opened { stream, guard, .. } = opened;
     let guard = Arc::new(guard);
     let stream = Counted::new(stream, metrics.from_space.clone(), metrics.to_space.clone());
+    // A space's service that stops answering mid-request (or never starts) is cut after
+    // the idle limit like any relayed connection, so it cannot hold a stream forever.
+    let activity = Activity::new();
+    let stream = Watched::new(stream, activity.clone());
     // 1. Take the client's upgrade future before the request is moved upstream; it
     //    resolves once our 101 response has been written to the client.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -52,8 +56,10 @@ pub(super) async fn forward(
     let conn_guard = guard.clone();
     tokio::spawn(
         async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "upstream connection failed");
+            match until_idle(conn.with_upgrades(), &activity, idle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "upstream connection failed"),
+                Err(Idle(limit)) => debug!(?limit, "upstream connection closed: idle"),
             }
             drop(conn_guard);
         }
