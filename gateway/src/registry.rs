@@ -108,15 +108,20 @@ impl Entry {
 pub struct Registry {
     spaces: RwLock<HashMap<SpaceKey, Arc<Entry>>>,
     next_session: AtomicU64,
-    /// For each space taken over by a second agent: which agent lost it, to which.
-    displaced: RwLock<HashMap<SpaceKey, Displaced>>,
+    /// For each space taken over by another agent: the agents that lost it while it
+    /// stayed linked.
+    displaced: RwLock<HashMap<SpaceKey, Vec<Displaced>>>,
 }
+
+/// Displaced agents remembered per space; the oldest is forgotten past this (a token
+/// copied to more machines than this would flap again, among the forgotten ones).
+const MAX_DISPLACED: usize = 16;
 
 /// An agent instance that lost its space to another agent instance.
 #[derive(Debug, Clone, Copy)]
 struct Displaced {
     loser: u64,
-    winner: u64,
+    /// Whether the warning about it has been logged.
     reported: bool,
 }
 
@@ -147,35 +152,41 @@ impl Registry {
             .insert(key, entry);
         if let Some(old) = &old {
             if old.instance != 0 && winner != 0 && old.instance != winner {
-                let displaced = Displaced {
+                let mut displaced = self.displaced.write().expect("registry lock poisoned");
+                let list = displaced.entry(k).or_default();
+                // The winner holds the space now: it is no longer standing by.
+                list.retain(|d| d.loser != winner && d.loser != old.instance);
+                if list.len() == MAX_DISPLACED {
+                    list.remove(0);
+                }
+                list.push(Displaced {
                     loser: old.instance,
-                    winner,
                     reported: false,
-                };
-                self.displaced
-                    .write()
-                    .expect("registry lock poisoned")
-                    .insert(k, displaced);
+                });
             }
         }
         old
     }
 
     /// Whether agent `instance` should stand by instead of registering `key`: it lost
-    /// the space to another agent whose link still holds it. Two live agents with one
-    /// token would otherwise take the space from each other forever; the one that
-    /// took over last is kept. `Some(first)`, with `first` true the first time this
-    /// pair is caught (for one warning rather than one per retry).
+    /// the space to another agent, and a link of another agent still holds it. Live
+    /// agents with one token would otherwise take the space from each other forever;
+    /// the one that took over last is kept, however many there are. `Some(first)`,
+    /// with `first` true the first time this agent is caught (for one warning rather
+    /// than one per retry).
     pub fn standby(&self, key: &SpaceKey, instance: u64) -> Option<bool> {
         if instance == 0 {
             return None;
         }
         let holder = self.get(key)?.instance;
-        let mut displaced = self.displaced.write().expect("registry lock poisoned");
-        let d = displaced.get_mut(key)?;
-        if d.loser != instance || d.winner != holder {
+        if holder == instance {
             return None;
         }
+        let mut displaced = self.displaced.write().expect("registry lock poisoned");
+        let d = displaced
+            .get_mut(key)?
+            .iter_mut()
+            .find(|d| d.loser == instance)?;
         let first = !d.reported;
         d.reported = true;
         Some(first)

@@ -150,10 +150,23 @@ fn a_second_agent_takes_the_space_over_and_the_first_stands_by(transport: Transp
     );
     assert_ssh_works(&gw, &sshd, &token);
 
-    // Once the agent holding the space is gone, the one standing by takes it.
-    second.kill();
-    support::wait_for_registrations(&gw, "alice", "dev", transport, 3, Duration::from_secs(30));
+    // A third agent takes over in turn; neither earlier one takes the space back.
+    let mut third = Agent::start(&gw, transport, "alice", "dev", &env);
+    wait_for_agent_log(&second, "standing by");
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        support::registrations(&gw, "alice", "dev", transport),
+        3,
+        "the space changed hands again among three agents; gateway log:\n{}",
+        gw.log()
+    );
     assert_ssh_works(&gw, &sshd, &token);
+
+    // Once the agent holding the space is gone, one standing by takes it.
+    third.kill();
+    support::wait_for_registrations(&gw, "alice", "dev", transport, 4, Duration::from_secs(30));
+    assert_ssh_works(&gw, &sshd, &token);
+    second.kill();
 }
 
 fn wait_for_agent_log(agent: &Agent, needle: &str) {
