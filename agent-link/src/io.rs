@@ -67,7 +67,9 @@ impl<R: AsyncRead + Unpin> ControlReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(4096),
+            // Control messages are tens of bytes; the buffer grows for a larger one.
+            // Every link keeps one, idle links too.
+            buf: BytesMut::with_capacity(512),
             decoder: FrameDecoder::new(),
         }
     }

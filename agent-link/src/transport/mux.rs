@@ -39,6 +39,9 @@ fn split_send_size() -> usize {
 /// Bytes of a yamux frame header.
 const FRAME_HEADER: usize = 12;
 
+/// The write buffer under yamux: a 16 KiB frame and its header.
+const JOIN_BUFFER: usize = 16 * 1024 + FRAME_HEADER;
+
 /// Streams allowed on one link at once (user connections into one space). yamux
 /// requires the connection window to cover 256 KiB for each.
 const MAX_STREAMS: usize = 4096;
@@ -93,8 +96,11 @@ impl MuxLink {
         let mode = if server { Mode::Server } else { Mode::Client };
         // yamux writes each frame as two writes, header then body, and flushes after
         // every frame. Straight onto TLS that is two records and two system calls per
-        // frame; a buffer under yamux joins them into one, sent at yamux's flush.
-        let io = tokio::io::BufWriter::with_capacity(split_send_size() + FRAME_HEADER, io);
+        // frame; a buffer under yamux joins them into one, sent at yamux's flush. Frames
+        // of up to 16 KiB (keystrokes, control messages, small screen updates) are
+        // joined; a larger body bypasses the buffer. A buffer for the largest frame
+        // (64 KiB) would cost every link, idle ones too, 48 KiB more heap.
+        let io = tokio::io::BufWriter::with_capacity(JOIN_BUFFER, io);
         let conn = Connection::new(io.compat(), config, mode);
 
         let (commands, command_rx) = mpsc::unbounded_channel();

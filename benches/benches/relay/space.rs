@@ -16,7 +16,12 @@ use crate::{DOMAIN, USER};
 /// What the bench needs of the running gateway.
 pub struct Gateway {
     agents: SocketAddr,
+    /// The front door's plain-HTTP port (the relay bench's way in).
+    #[allow(dead_code)] // the idle bench, which shares this file, has no users
     pub plain: u16,
+    /// The admin listener (`/metrics`).
+    #[allow(dead_code)] // read by the idle bench, which shares this file
+    pub admin: SocketAddr,
     fingerprint: String,
     pub minter: Minter,
 }
@@ -40,7 +45,8 @@ pub async fn start_gateway(data: &Path) -> Gateway {
     config.public.listen = loopback(0);
     let plain = free_port();
     config.public.plain_listen = Some(loopback(plain));
-    config.admin.listen = loopback(0);
+    let admin = loopback(free_port());
+    config.admin.listen = admin;
     let agents = config.agents.listen;
     let reload_config = config.clone();
     let reload: server::Reload = Box::new(move || Ok(reload_config.clone()));
@@ -52,6 +58,7 @@ pub async fn start_gateway(data: &Path) -> Gateway {
     Gateway {
         agents,
         plain,
+        admin,
         fingerprint,
         minter: Minter::new(key),
     }
