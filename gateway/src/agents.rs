@@ -392,7 +392,17 @@ async fn refuse_agent_streams(link: Link) {
 }
 
 async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
-    warn!(?reason, %message, "registration rejected");
+    match reason {
+        // The gateway's own state (full, draining, a failing address told to wait, an
+        // agent standing by): every retry would log again, thousands at once at scale.
+        // They are counted in gateway_registrations_total{result}.
+        RejectReason::Unavailable | RejectReason::Standby => {
+            debug!(?reason, %message, "registration rejected");
+        }
+        // Something wrong with the agent that an operator should see; bad tokens from
+        // one address are bounded by the rate limiter.
+        _ => warn!(?reason, %message, "registration rejected"),
+    }
     let _ = send_control(
         send,
         &ControlMessage::Reject {
