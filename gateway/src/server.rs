@@ -119,6 +119,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         drain: tokio::sync::watch::Sender::new(false),
+        stop: tokio::sync::watch::Sender::new(false),
         connections: std::sync::atomic::AtomicUsize::new(0),
         limits: front::Limits::from_config(&config),
     });
@@ -191,6 +192,11 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         connections = connections(),
         "drained; closing links"
     );
+    // Websockets still open past the deadline are told why they end.
+    front.stop.send_replace(true);
+    if streams() > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     endpoint.close(0u32.into(), b"gateway shutting down");
     for (_, entry) in registry.snapshot() {
         entry.link.close("gateway shutting down");

@@ -132,3 +132,46 @@ fn sigterm_lets_an_open_download_and_ssh_session_finish_and_exits_zero() {
         gw.log()
     );
 }
+
+/// A session still open at the drain deadline is ended with a websocket close that
+/// says why, which `gateway connect` shows, and the gateway still exits 0.
+#[test]
+fn a_session_open_past_the_drain_deadline_is_told_the_gateway_is_shutting_down() {
+    let sshd = Sshd::start();
+    let mut gw = Gateway::start_configured("[public]\ndrain_timeout_secs = 1\n", &[]);
+    let _agent = Agent::start(
+        &gw,
+        Transport::Tcp,
+        "alice",
+        "dev",
+        &[("KNOT_SSH_PORT", sshd.port().to_string())],
+    );
+    let token = gw.user_token("alice", &["alice--dev"]);
+    let session = Command::new("ssh")
+        .args(sshd.ssh_base_args())
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand={}",
+            gw.proxy_command("alice/dev", &token)
+        ))
+        .arg(format!("{}@space", sshd.user()))
+        .arg("echo started; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+    let out = session.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cut session is not a clean end");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert!(stderr.contains("the gateway is shutting down"), "{stderr}");
+}

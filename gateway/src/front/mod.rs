@@ -55,6 +55,8 @@ pub struct Front {
     pub draining: AtomicBool,
     /// Tells every front-door connection to finish its response and close.
     pub drain: tokio::sync::watch::Sender<bool>,
+    /// Set at the drain deadline: websockets still open close with 1001 and a reason.
+    pub stop: tokio::sync::watch::Sender<bool>,
     /// Front-door connections being served.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Largest request head, bytes.
@@ -501,7 +503,8 @@ async fn tcp_socket(
     match opened {
         Ok(opened) => {
             let span = info_span!("stream", %space, port = service.port, request = %opened.id);
-            ws::accept(req, opened, span, front.metrics.clone(), front.limits)
+            let stop = front.stop.subscribe();
+            ws::accept(req, opened, span, front.metrics.clone(), front.limits, stop)
         }
         Err(e) => {
             info!(%space, port = service.port, error = %e, "stream not opened");

@@ -82,6 +82,7 @@ pub(super) fn accept(
     span: Span,
     metrics: Arc<Metrics>,
     limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Response<Body> {
     let key = req
         .headers()
@@ -99,7 +100,7 @@ pub(super) fn accept(
             match upgrade.await {
                 Ok(upgraded) => {
                     let Opened { stream, guard, .. } = opened;
-                    relay(upgraded, stream, &metrics, limits).await;
+                    relay(upgraded, stream, &metrics, limits, stop).await;
                     drop(guard);
                 }
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
@@ -154,6 +155,7 @@ async fn relay(
     stream: DataStream,
     metrics: &Metrics,
     limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_message))
@@ -234,12 +236,29 @@ async fn relay(
             },
         }
     };
-    let (code, reason) = match until_idle(both, &activity, limits.idle).await {
-        Ok((Ok(up), Ok(down))) => {
+    // The gateway stopping at its drain deadline ends the relay too.
+    let stopped = async {
+        if stop.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = until_idle(both, &activity, limits.idle) => Some(outcome),
+        () = stopped => None,
+    };
+    let (code, reason) = match outcome {
+        None => {
+            debug!("websocket relay stopped: the gateway is shutting down");
+            (
+                CloseCode::Away,
+                "the gateway is shutting down; reconnect".to_owned(),
+            )
+        }
+        Some(Ok((Ok(up), Ok(down)))) => {
             debug!(?up, ?down, "websocket relay done");
             (CloseCode::Normal, String::new())
         }
-        Ok((up, down)) => {
+        Some(Ok((up, down))) => {
             debug!(?up, ?down, "websocket relay aborted");
             match (up, down) {
                 (Err(Cut::TooBig), _) => (
@@ -253,7 +272,7 @@ async fn relay(
                 _ => (CloseCode::Error, "stream cut".to_owned()),
             }
         }
-        Err(Idle(limit)) => {
+        Some(Err(Idle(limit))) => {
             debug!(?limit, "websocket relay idle");
             (
                 CloseCode::Away,
