@@ -48,6 +48,13 @@ pub enum OpenError {
          close some and retry"
     )]
     TooManyStreams(usize),
+    /// A request without a token, to a public port, while the link is half full: the
+    /// other half is kept for the space's owner.
+    #[error(
+        "the space is busy: requests without a token are served while it has fewer than \
+         {0} open connections through the gateway (half its limit); retry shortly"
+    )]
+    PublicBusy(usize),
 }
 
 impl OpenError {
@@ -56,7 +63,7 @@ impl OpenError {
         match self {
             Self::Refused { .. } => "refused",
             Self::Timeout => "timeout",
-            Self::TooManyStreams(_) => "limit",
+            Self::TooManyStreams(_) | Self::PublicBusy(_) => "limit",
             Self::Link(_) | Self::Protocol(_) => "failed",
         }
     }

@@ -368,3 +368,66 @@ fn a_request_the_space_never_answers_gets_502_after_the_idle_limit() {
     assert!(took >= Duration::from_secs(2), "answered after {took:?}");
     println!("unanswered request: 502 after {took:?}: {}", body.trim());
 }
+
+/// Strangers on a declared-public port can fill only half of the link's streams: the
+/// space's owner still gets in, and the stranger past the half is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_a_public_port_cannot_take_every_stream() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public = silent.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().take(16) {
+            held.push(conn);
+        }
+    });
+    let echo = echo_after_eof_server();
+    let gw = Gateway::start_configured("[agents]\nmax_streams_per_link = 4\n", &[]);
+    let _agent = tokio::task::block_in_place(|| {
+        Agent::start(
+            &gw,
+            Transport::Quic,
+            "alice",
+            "dev",
+            &[
+                ("KNOT_HTTP_PORT", public.to_string()),
+                ("KNOT_PUBLIC_HTTP_PORT", public.to_string()),
+                ("KNOT_TCP_PORT", echo.to_string()),
+            ],
+        )
+    });
+    let url = gw.space_url(&format!("alice--dev--{public}"), "/");
+    let stranger = || {
+        Command::new("curl")
+            .args([
+                "--silent",
+                "--max-time",
+                "30",
+                "--write-out",
+                "\n%{http_code}",
+            ])
+            .args(["--cacert", gw.cacert().to_str().unwrap(), &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Two requests the public service never answers hold two of the four streams.
+    let mut hung = [stranger(), stranger()];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let third = stranger().wait_with_output().unwrap();
+    let third = String::from_utf8_lossy(&third.stdout);
+    assert!(third.ends_with("\n503"), "{third}");
+    assert!(third.contains("requests without a token"), "{third}");
+
+    // The owner, with a token, is served.
+    let token = tokio::task::block_in_place(|| gw.user_token_for("alice", "alice--dev", "tcp"));
+    let ws_url = format!(
+        "wss://gateway.localhost:{}/tcp/alice/dev/{echo}",
+        gw.public_port
+    );
+    ws::connect(&gw, &ws_url, Some(&token), None).await.unwrap();
+    for h in &mut hung {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+}

@@ -390,7 +390,23 @@ async fn http_port(
     } else {
         "http"
     };
-    forward(req, client, tls, front, &entry, port, class, route).await
+    // Requests without a token may fill only half of the link: strangers on a public
+    // port cannot take every stream and keep the space's owner out.
+    let limit = if public {
+        Limit::Public((front.limits.max_streams_per_link / 2).max(1))
+    } else {
+        Limit::All(front.limits.max_streams_per_link)
+    };
+    forward(req, client, tls, front, &entry, port, class, route, limit).await
+}
+
+/// How many streams a request may find open on the link and still be served.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// The link's whole limit.
+    All(usize),
+    /// Half of it, for requests without a token.
+    Public(usize),
 }
 
 /// The grant a service needs, whichever route reaches it: a token for HTTP ports must
@@ -439,7 +455,19 @@ async fn vnc(
         );
     };
     let class = StreamClass::Interactive;
-    forward(req, client, tls, front, &entry, service.port, class, "vnc").await
+    let limit = Limit::All(front.limits.max_streams_per_link);
+    forward(
+        req,
+        client,
+        tls,
+        front,
+        &entry,
+        service.port,
+        class,
+        "vnc",
+        limit,
+    )
+    .await
 }
 
 /// `/ssh/USER/SPACE` and `/tcp/USER/SPACE/PORT`: a websocket carrying raw TCP bytes.
@@ -524,10 +552,18 @@ async fn forward(
     port: u16,
     class: StreamClass,
     route: &'static str,
+    limit: Limit,
 ) -> Response<Body> {
     let started = Instant::now();
-    let limit = front.limits.max_streams_per_link;
-    let opened = open_stream(entry, port, client, class, limit).await;
+    let opened = match limit {
+        Limit::All(n) => open_stream(entry, port, client, class, n).await,
+        Limit::Public(n) => open_stream(entry, port, client, class, n)
+            .await
+            .map_err(|e| match e {
+                OpenError::TooManyStreams(n) => OpenError::PublicBusy(n),
+                e => e,
+            }),
+    };
     let outcome = opened.as_ref().map_or_else(OpenError::outcome, |_| "ok");
     front.metrics.stream(route, outcome, started.elapsed());
     match opened {

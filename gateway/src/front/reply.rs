@@ -46,7 +46,7 @@ pub fn not_connected(space: &crate::registry::SpaceKey) -> Response<Body> {
 /// offer the port (its agent knows better than our copy of its services), 504 when the
 /// agent did not answer, 503 at the link's stream limit, 502 otherwise.
 pub fn open_failed(err: &OpenError) -> Response<Body> {
-    if let OpenError::TooManyStreams(_) = err {
+    if let OpenError::TooManyStreams(_) | OpenError::PublicBusy(_) = err {
         let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
