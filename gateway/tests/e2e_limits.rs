@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::servers::{echo_after_eof_server, Nginx, TempDir};
+use support::servers::{echo_after_eof_server, silent_server, Nginx, TempDir};
 use support::{gateway_bin, ws, Agent, Gateway, Transport};
 
 /// A space serving nginx's page, and a token for it.
@@ -339,15 +339,7 @@ async fn a_websocket_message_over_the_limit_closes_with_1009() {
 /// user, or the link's stream, forever: after the idle limit the user gets 502.
 #[test]
 fn a_request_the_space_never_answers_gets_502_after_the_idle_limit() {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    // Accepts and holds every connection, reading nothing and answering nothing.
-    thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in silent.incoming().take(16) {
-            held.push(conn);
-        }
-    });
+    let port = silent_server();
     let gw = Gateway::start_configured("[public]\nstream_idle_timeout_secs = 2\n", &[]);
     let _agent = Agent::start(
         &gw,
@@ -373,14 +365,7 @@ fn a_request_the_space_never_answers_gets_502_after_the_idle_limit() {
 /// space's owner still gets in, and the stranger past the half is told why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_a_public_port_cannot_take_every_stream() {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let public = silent.local_addr().unwrap().port();
-    thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in silent.incoming().take(16) {
-            held.push(conn);
-        }
-    });
+    let public = silent_server();
     let echo = echo_after_eof_server();
     let gw = Gateway::start_configured("[agents]\nmax_streams_per_link = 4\n", &[]);
     let _agent = tokio::task::block_in_place(|| {

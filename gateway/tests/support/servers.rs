@@ -709,6 +709,14 @@ pub fn stream_server() -> u16 {
 /// Bytes in every [`stream_server`] response: 256 MiB.
 pub const STREAM_BODY: u64 = 256 << 20;
 
+/// A TCP service that never answers: it reads and drops what comes until the client
+/// goes, like a hung web service. Returns the port.
+pub fn silent_server() -> u16 {
+    serve_in_thread(|mut conn| {
+        let _ = std::io::copy(&mut conn, &mut std::io::sink());
+    })
+}
+
 /// A TCP service that reads until the client's end-of-file, then sends back everything
 /// it read and closes: it answers only a client that half-closes. Returns the port.
 pub fn echo_after_eof_server() -> u16 {
