@@ -298,7 +298,8 @@ impl Session {
                         Ok(None) => {
                             return LinkEnd::Closed("the gateway ended the control stream".into());
                         }
-                        Err(e) => return e.into(),
+                        // The control stream fails with its link: say why the link went.
+                        Err(e) => return self.link.close_reason().map_or(e.into(), LinkEnd::Closed),
                     }
                 }
                 _ = ticker.tick() => match heartbeat.on_tick(Instant::now()) {
@@ -308,7 +309,7 @@ impl Session {
                 why = self.link.closed() => return LinkEnd::Closed(why),
             };
             if let Err(e) = send_control(&mut self.send, &reply).await {
-                return e.into();
+                return self.link.close_reason().map_or(e.into(), LinkEnd::Closed);
             }
         }
     }

@@ -49,6 +49,20 @@ pub enum LinkError {
     Mux(#[from] yamux::ConnectionError),
 }
 
+/// Why a yamux link closed, as far as this end knows.
+const MUX_CLOSED: &str = "the TLS/TCP connection ended";
+
+fn describe_close(e: &quinn::ConnectionError) -> String {
+    match e {
+        // A stateless reset: the peer no longer knows this connection, as after a
+        // restart, and said so at this end's first packet since.
+        quinn::ConnectionError::Reset => {
+            "reset by peer: it no longer knows this link (restarted?)".to_owned()
+        }
+        e => e.to_string(),
+    }
+}
+
 /// One agent's link to the gateway.
 #[derive(Debug, Clone)]
 pub enum Link {
@@ -87,21 +101,22 @@ impl Link {
         }
     }
 
-    /// Waits until the link has closed, for whatever reason.
+    /// Waits until the link has closed; why it did.
     pub async fn closed(&self) -> String {
         match self {
-            Self::Quic(conn) => match conn.closed().await {
-                // A stateless reset: the peer no longer knows this connection, as after
-                // a restart, and said so at this end's first packet since.
-                quinn::ConnectionError::Reset => {
-                    "reset by peer: it no longer knows this link (restarted?)".to_owned()
-                }
-                e => e.to_string(),
-            },
+            Self::Quic(conn) => describe_close(&conn.closed().await),
             Self::Mux(link) => {
                 link.closed().await;
-                "the TLS/TCP connection ended".to_owned()
+                MUX_CLOSED.to_owned()
             }
+        }
+    }
+
+    /// Why the link closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        match self {
+            Self::Quic(conn) => conn.close_reason().map(|e| describe_close(&e)),
+            Self::Mux(link) => link.is_closed().then(|| MUX_CLOSED.to_owned()),
         }
     }
 

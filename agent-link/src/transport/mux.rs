@@ -165,6 +165,11 @@ impl MuxLink {
         self.shared.closed.cancelled().await
     }
 
+    /// Whether the link has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
     /// Closes the link: yamux sends GoAway and the TCP connection ends.
     pub fn close(&self) {
         let _ = self.shared.commands.send(Command::Close);
