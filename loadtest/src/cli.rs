@@ -178,7 +178,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a size such as 4096, 60KiB or 64MiB"))?;
-    let bytes = n * mult;
+    let bytes = n.saturating_mul(mult);
     if !(24..=(4u64 << 30)).contains(&bytes) {
         return Err(format!("{text} is outside 24 bytes to 4 GiB"));
     }
@@ -197,6 +197,7 @@ mod tests {
         assert!(parse_size("8").is_err());
         assert!(parse_size("5GiB").is_err());
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("18014398509482044KiB").is_err());
     }
 
     #[test]

@@ -44,11 +44,12 @@ fn main() -> ExitCode {
     let result = if cli.space_side {
         runtime.block_on(lossy::space_side(cli))
     } else {
-        // Ctrl-C drops the run, and with it the gateway process and the namespace.
+        // Ctrl-C, SIGTERM or SIGHUP drops the run, and with it the gateway process, its
+        // data directory and the namespace.
         runtime.block_on(async {
             tokio::select! {
                 r = run::main(cli) => r,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                signal = stop_signal() => Err(anyhow::anyhow!("interrupted by {signal}")),
             }
         })
     };
@@ -62,5 +63,22 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     }
 }

@@ -87,6 +87,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
     drop(proc);
     drop(netns);
+    // The report is out either way; a run in which operations failed is a failed run.
+    let errors: u64 = report
+        .rows
+        .iter()
+        .map(|r| r.summary.errors + r.bulk.as_ref().map_or(0, |b| b.errors))
+        .sum();
+    if errors > 0 {
+        bail!("{errors} operations failed (the first error of each path is under its row)");
+    }
     Ok(())
 }
 
@@ -111,6 +120,46 @@ fn gateway_warnings(log: &std::path::Path, notes: &mut Vec<String>) {
 }
 
 fn check(cli: &Cli) -> anyhow::Result<()> {
+    // A gateway given by address is named by --gateway-agent; its other options alone
+    // would be ignored, and the run would measure a gateway of its own instead.
+    let g = &cli.given;
+    if g.gateway_agent.is_none()
+        && (g.gateway_front.is_some()
+            || g.gateway_admin.is_some()
+            || g.fingerprint.is_some()
+            || g.signing_key.is_some())
+    {
+        bail!(
+            "--gateway-front, --gateway-admin, --fingerprint and --signing-key describe a \
+             gateway given by address, which --gateway-agent names; without it this run \
+             starts a gateway of its own"
+        );
+    }
+    if let Some(fp) = &g.fingerprint {
+        let hex = fp.replace(':', "");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--fingerprint is a SHA-256 fingerprint: 64 hex digits (colons allowed)");
+        }
+    }
+    // Output files are checked before the run, not after minutes of it.
+    if let Some(plot) = &cli.plot {
+        if plot.extension().and_then(|e| e.to_str()) != Some("png") {
+            bail!("--plot writes a PNG: name the file FILE.png");
+        }
+    }
+    for file in [&cli.json, &cli.plot].into_iter().flatten() {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "{}: no directory {} to write it in",
+                file.display(),
+                dir.display()
+            );
+        }
+    }
     if cli.frame_size > 16 << 20 {
         bail!("--frame-size is at most 16MiB");
     }
@@ -272,9 +321,17 @@ async fn host(
     let want = spaces.len() as u64;
     let waited = spaces::wait_registered(target, base, want, Duration::from_secs(30)).await;
     if let (Err(e), Host::Local(agents)) = (&waited, &host) {
+        let hint = if cli.given.gateway_agent.is_some() {
+            "check that --gateway-agent reaches the gateway's agent listener (UDP for \
+             QUIC, TCP for TLS/TCP), that --fingerprint is its certificate's, and that \
+             --signing-key is the key its tokens are checked with; RUST_LOG=info shows \
+             the agents' errors"
+        } else {
+            "see the gateway log; is target/release/gateway built from this tree? \
+             RUST_LOG=info shows the agents' errors"
+        };
         bail!(
-            "{e}; {} agents were rejected for good (see the gateway log; is \
-             target/release/gateway built from this tree?)",
+            "{e}; {} agents were rejected for good; {hint}",
             agents.failed()
         );
     }

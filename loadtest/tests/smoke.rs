@@ -9,26 +9,31 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The debug gateway that `cargo build --workspace` leaves next to this test's binary.
+/// The debug gateway next to this test's binary, built first when `cargo test -p
+/// loadtest` ran without it (the workspace build in `scripts/test` makes it).
 fn gateway_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
     let gateway = bin.with_file_name("gateway");
-    assert!(
-        gateway.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        gateway.display()
-    );
+    if !gateway.exists() {
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "-p", "gateway", "--bin", "gateway"])
+            .status()
+            .unwrap();
+        assert!(built.success(), "cargo build -p gateway failed");
+    }
+    assert!(gateway.exists(), "{} is missing", gateway.display());
     gateway
 }
 
 fn run(workload: &str, extra: &[&str]) -> serde_json::Value {
+    let gateway = gateway_bin();
     let dir =
         std::env::temp_dir().join(format!("loadtest-smoke-{}-{workload}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["--workload", workload, "--direct", "--duration", "2"])
-        .args(["--gateway-bin", gateway_bin().to_str().unwrap()])
+        .args(["--gateway-bin", gateway.to_str().unwrap()])
         .args(["--json", json.to_str().unwrap()])
         .args(extra)
         .output()
