@@ -86,10 +86,13 @@ impl Report {
 
     /// The table for the terminal.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{} ({} latency in ms; ratio = path / direct)\n",
-            self.workload, self.unit
-        );
+        let has_direct = self.rows.iter().any(|r| r.path == "direct");
+        let ratio = if has_direct {
+            "; ratio = path / direct"
+        } else {
+            ""
+        };
+        let mut out = format!("{} ({} latency in ms{ratio})\n", self.workload, self.unit);
         out += &format!(
             "{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6}  {}\n",
             "path",
