@@ -1,12 +1,13 @@
 //! Protocol messages over async byte streams, and the byte relay.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::proto::{frame_len, ControlMessage, DecodeError, FrameDecoder};
+use crate::transport::{DataStream, RecvHalf, SendHalf};
 
 /// Relay buffer size per direction. 64 KiB exactly is pathological on a loopback whose
 /// MTU is 65536 (a write of one full MTU plus headers splits badly); 60 KiB is not.
@@ -126,6 +127,112 @@ where
     tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
 }
 
+/// Copies bytes both ways between a link stream and a local socket until both
+/// directions have ended, like [`relay`]; end-of-file on one side shuts down the other
+/// side's write half only.
+///
+/// On QUIC no byte is copied between the socket and the link: chunks read from the
+/// stream are written to the socket as quinn holds them, and bytes read from the socket
+/// are handed to quinn in the buffer they were read into, which quinn keeps until they
+/// are acknowledged. A new buffer is taken only when the last one is nearly full and
+/// quinn still holds some of it.
+pub async fn relay_stream(
+    stream: &mut DataStream,
+    socket: &mut tokio::net::TcpStream,
+) -> io::Result<(u64, u64)> {
+    let (mut from_socket, mut to_socket) = socket.split();
+    let DataStream { send, recv } = stream;
+    tokio::try_join!(
+        link_to_socket(recv, &mut to_socket),
+        socket_to_link(&mut from_socket, send),
+    )
+}
+
+/// A read into a buffer with less room than this takes a new buffer first.
+const MIN_READ: usize = 16 * 1024;
+
+async fn link_to_socket<W: AsyncWrite + Unpin>(recv: &mut RecvHalf, w: &mut W) -> io::Result<u64> {
+    let copied = match recv {
+        RecvHalf::Quic(r) => {
+            // quinn keeps what it received as one chunk per packet; taken many at a
+            // time, they go to the socket in one vectored write rather than one each.
+            let mut copied = 0;
+            let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
+            while let Some(n) = r.read_chunks(&mut chunks).await? {
+                copied += write_all_chunks(w, &mut chunks[..n]).await?;
+            }
+            copied
+        }
+        RecvHalf::Mux(r) => {
+            tokio::io::copy_buf(&mut BufReader::with_capacity(RELAY_BUFFER, r), w).await?
+        }
+    };
+    w.shutdown().await?;
+    Ok(copied)
+}
+
+/// Chunks taken from quinn at once.
+const CHUNKS: usize = 64;
+
+/// Writes every byte of `chunks`, in as few vectored writes as the socket allows.
+async fn write_all_chunks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    chunks: &mut [Bytes],
+) -> io::Result<u64> {
+    let mut written = 0;
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [IoSlice::new(&[]); CHUNKS];
+        let live = &chunks[first..];
+        for (slice, chunk) in slices.iter_mut().zip(live) {
+            *slice = IoSlice::new(chunk);
+        }
+        let mut n = w.write_vectored(&slices[..live.len()]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n as u64;
+        while n > 0 {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(written)
+}
+
+async fn socket_to_link<R: AsyncRead + Unpin>(r: &mut R, send: &mut SendHalf) -> io::Result<u64> {
+    let copied = match send {
+        SendHalf::Quic(s) => {
+            let mut copied = 0;
+            let mut buf = BytesMut::new();
+            loop {
+                // Reclaimed once quinn has let go of every chunk of it (all acknowledged).
+                if buf.capacity() < MIN_READ && !buf.try_reclaim(RELAY_BUFFER) {
+                    buf = BytesMut::with_capacity(RELAY_BUFFER);
+                }
+                let n = r.read_buf(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                s.write_chunk(buf.split().freeze()).await?;
+                copied += n as u64;
+            }
+            copied
+        }
+        SendHalf::Mux(s) => {
+            tokio::io::copy_buf(&mut BufReader::with_capacity(RELAY_BUFFER, r), s).await?
+        }
+    };
+    send.shutdown().await?;
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +252,47 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"SSH-2.0-banner");
+    }
+
+    /// Takes at most 7 bytes of each write, vectored or not.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.get_mut().0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_written_whole_and_in_order_through_short_writes() {
+        let mut chunks: Vec<Bytes> = (0..CHUNKS as u8)
+            .map(|i| Bytes::from(vec![i; usize::from(i) % 13 + 1]))
+            .collect();
+        let want: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut w = Trickle(Vec::new());
+        let n = write_all_chunks(&mut w, &mut chunks).await.unwrap();
+        assert_eq!(n, want.len() as u64);
+        assert_eq!(w.0, want);
     }
 
     #[tokio::test]

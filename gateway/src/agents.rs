@@ -107,7 +107,9 @@ impl AgentListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
             let (tcp, addr) = crate::front::accept(&listener, "agents").await;
-            let _ = tcp.set_nodelay(true);
+            if let Err(e) = agent_link::transport::mux::tune_socket(&tcp) {
+                debug!(error = %e, "could not tune a link socket");
+            }
             let (this, acceptor) = (self.clone(), acceptor.clone());
             let span = info_span!("link", agent.addr = %addr, transport = "tcp");
             tokio::spawn(

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::io::{read_frame, relay, write_frames};
+use crate::io::{read_frame, relay_stream, write_frames};
 use crate::proto::{RefuseReason, Service, StreamAnswer, StreamOpen};
 use crate::transport::DataStream;
 
@@ -90,7 +90,7 @@ async fn serve_open(mut stream: DataStream, open: StreamOpen, offered: &Offered)
     if answer(&mut stream, &StreamAnswer::Ok).await.is_err() {
         return;
     }
-    match relay(&mut stream, &mut tcp).await {
+    match relay_stream(&mut stream, &mut tcp).await {
         Ok((up, down)) => debug!(bytes_in = up, bytes_out = down, "stream done"),
         Err(e) => {
             // The local service or the link failed mid-stream: reset, so the user

@@ -4,6 +4,7 @@
 //! read and write bytes with half-close. Routing and the relay use only these types.
 
 pub mod cc;
+pub mod join;
 pub mod mux;
 pub mod quic;
 

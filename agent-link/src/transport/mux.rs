@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use super::join::JoinSmall;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -35,12 +36,6 @@ fn split_send_size() -> usize {
         .filter(|n| (1024..=1 << 20).contains(n))
         .unwrap_or(SPLIT_SEND_SIZE)
 }
-
-/// Bytes of a yamux frame header.
-const FRAME_HEADER: usize = 12;
-
-/// The write buffer under yamux: a 16 KiB frame and its header.
-const JOIN_BUFFER: usize = 16 * 1024 + FRAME_HEADER;
 
 /// Streams allowed on one link at once (user connections into one space). yamux
 /// requires the connection window to cover 256 KiB for each.
@@ -95,12 +90,10 @@ impl MuxLink {
         config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
         let mode = if server { Mode::Server } else { Mode::Client };
         // yamux writes each frame as two writes, header then body, and flushes after
-        // every frame. Straight onto TLS that is two records and two system calls per
-        // frame; a buffer under yamux joins them into one, sent at yamux's flush. Frames
-        // of up to 16 KiB (keystrokes, control messages, small screen updates) are
-        // joined; a larger body bypasses the buffer. A buffer for the largest frame
-        // (64 KiB) would cost every link, idle ones too, 48 KiB more heap.
-        let io = tokio::io::BufWriter::with_capacity(JOIN_BUFFER, io);
+        // every frame; straight onto TLS that is two records and two system calls per
+        // frame. Joined, a frame of up to 16 KiB is one record. (A 16 KiB write buffer
+        // did the same, but cost every link, idle ones too, 16 KiB of heap.)
+        let io = JoinSmall::new(io);
         let conn = Connection::new(io.compat(), config, mode);
 
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -244,6 +237,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<Compat<T>> {
     }
 }
 
+/// Unsent bytes a link's TCP socket may hold: see [`tune_socket`].
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets what a link's TCP socket needs, on either end: no Nagle delay, and little
+/// unsent data in the kernel. The kernel sends a socket's queue in order, so a desktop
+/// frame written behind a download waits for every byte of it already queued; by
+/// default that queue grows to megabytes (`net.ipv4.tcp_wmem`). With `TCP_NOTSENT_LOWAT`
+/// the socket stops taking writes once this much is waiting to be sent, and the rest of
+/// a download waits in yamux, which takes frames from its streams in turn, so a frame
+/// queues behind at most this much and whatever is in flight.
+pub fn tune_socket(tcp: &tokio::net::TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    match notsent_lowat() {
+        0 => Ok(()),
+        lowat => socket2::SockRef::from(tcp).set_tcp_notsent_lowat(lowat),
+    }
+}
+
+/// Overrides [`NOTSENT_LOWAT`] for measurements (bytes; 0 leaves the kernel's default).
+pub const NOTSENT_LOWAT_ENV: &str = "AGENT_LINK_TCP_NOTSENT_LOWAT";
+
+fn notsent_lowat() -> u32 {
+    std::env::var(NOTSENT_LOWAT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NOTSENT_LOWAT)
+}
+
 /// Connects to `addr` over TCP and completes TLS with `tls`, without yamux yet.
 pub async fn connect_tls(
     addr: SocketAddr,
@@ -251,7 +272,7 @@ pub async fn connect_tls(
     tls: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
+    tune_socket(&tcp)?;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     tokio_rustls::TlsConnector::from(tls)
@@ -356,5 +377,24 @@ impl AsyncWrite for MuxSend {
         // is never read while this still says "not sent".
         self.0.fin_sent.store(true, Ordering::Release);
         Pin::new(&mut *stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_socket_holds_little_unsent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_socket(&tcp).unwrap();
+        assert!(tcp.nodelay().unwrap());
+        if std::env::var_os(NOTSENT_LOWAT_ENV).is_none() {
+            let lowat = socket2::SockRef::from(&tcp).tcp_notsent_lowat().unwrap();
+            assert_eq!(lowat, NOTSENT_LOWAT);
+        }
     }
 }
