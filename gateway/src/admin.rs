@@ -130,25 +130,27 @@ fn api(
                 &format!("space {user}--{space} is not connected"),
             ),
         },
-        (&Method::DELETE, ["api", "spaces", user, space]) => match lookup(admin, user, space) {
-            Some((key, entry)) => {
-                info!(
-                    space = %key, session = %entry.session, %operator, admin.addr = %client,
-                    "space disconnected by an operator"
-                );
-                let reason = "disconnected by an operator".to_owned();
-                let _ = entry
-                    .control
-                    .try_send(agent_link::proto::ControlMessage::GoAway { reason });
-                entry.link.close("disconnected by an operator");
-                admin.registry.remove(&key, entry.session);
-                json_response(StatusCode::OK, json!({ "disconnected": key.to_string() }))
+        (&Method::DELETE, ["api", "spaces", user, space]) => {
+            match lookup(admin, user, space) {
+                Some((key, entry)) => {
+                    info!(
+                        space = %key, session = %entry.session, %operator, admin.addr = %client,
+                        "space disconnected by an operator"
+                    );
+                    let reason = "disconnected by an operator".to_owned();
+                    let _ = entry.control.try_send(Box::new(
+                        agent_link::proto::ControlMessage::GoAway { reason },
+                    ));
+                    entry.link.close("disconnected by an operator");
+                    admin.registry.remove(&key, entry.session);
+                    json_response(StatusCode::OK, json!({ "disconnected": key.to_string() }))
+                }
+                None => json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("space {user}--{space} is not connected"),
+                ),
             }
-            None => json_error(
-                StatusCode::NOT_FOUND,
-                &format!("space {user}--{space} is not connected"),
-            ),
-        },
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
             "no such API call: GET /api/spaces, GET or DELETE /api/spaces/USER/SPACE",

@@ -256,13 +256,12 @@ impl AgentListener {
                 space = %key, old_session = %old.session, old_transport, new_session = %session,
                 "link replaced by a newer one"
             );
-            let _ = old.control.try_send(ControlMessage::GoAway {
+            let _ = old.control.try_send(Box::new(ControlMessage::GoAway {
                 reason: "replaced by a newer link".into(),
-            });
+            }));
         }
         let transport = link.kind().as_str();
         info!(space = %key, space_id = %claims.sub, %session, transport, "space registered");
-        tokio::spawn(refuse_agent_streams(link.clone()));
 
         // 5. The control loop, then cleanup unless a newer link already took over.
         let span = info_span!("space", space = %key, %session);
@@ -336,7 +335,7 @@ impl AgentListener {
         entry: &Entry,
         mut send: SendHalf,
         mut control: ControlReader<RecvHalf>,
-        mut outbox: mpsc::Receiver<ControlMessage>,
+        mut outbox: mpsc::Receiver<Box<ControlMessage>>,
     ) -> Result<(), LinkEnd> {
         let mut heartbeat = Heartbeat::new(self.ping_interval, Instant::now());
         let mut ticker = tokio::time::interval(heartbeat.interval());
@@ -365,7 +364,14 @@ impl AgentListener {
                         None => return Ok(()),
                     }
                 }
-                Some(msg) = outbox.recv() => msg,
+                Some(msg) = outbox.recv() => *msg,
+                // Agents open no streams but the control stream. Refused here rather
+                // than in a task of their own, which every link would carry.
+                Some(mut stream) = entry.link.accept() => {
+                    debug!("agent opened an unexpected stream; resetting it");
+                    stream.reset();
+                    continue;
+                }
                 _ = ticker.tick() => {
                     heartbeat.on_tick(Instant::now()).map_err(|s| LinkEnd::Silent(s.0))?
                 }
@@ -386,13 +392,6 @@ impl AgentListener {
 
 /// Agents open only the control stream; any further stream they open is dropped at
 /// once so that it cannot pile up unread.
-async fn refuse_agent_streams(link: Link) {
-    while let Some(mut stream) = link.accept().await {
-        debug!("agent opened an unexpected stream; resetting it");
-        stream.reset();
-    }
-}
-
 async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     match reason {
         // The gateway's own state (full, draining, a failing address told to wait, an

@@ -47,8 +47,9 @@ pub struct Entry {
     pub link: Link,
     /// The services declared in `Hello` or the last `ServicesUpdate`.
     pub services: RwLock<Vec<Service>>,
-    /// Messages for the link's control stream (for example `GoAway`).
-    pub control: mpsc::Sender<ControlMessage>,
+    /// Messages for the link's control stream (for example `GoAway`). Boxed: the
+    /// channel allocates its first 32 slots at once, on every link, idle ones too.
+    pub control: mpsc::Sender<Box<ControlMessage>>,
     /// When the link registered.
     pub since: SystemTime,
     /// The last measured round-trip time of the link, microseconds (0: not yet).
@@ -66,7 +67,7 @@ impl Entry {
         space_id: String,
         link: Link,
         services: Vec<Service>,
-        control: mpsc::Sender<ControlMessage>,
+        control: mpsc::Sender<Box<ControlMessage>>,
         instance: u64,
     ) -> Self {
         Self {

@@ -171,7 +171,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     for (_, entry) in registry.snapshot() {
         let reason = "draining: the gateway is shutting down".to_owned();
         let goaway = agent_link::proto::ControlMessage::GoAway { reason };
-        if entry.control.try_send(goaway).is_ok() {
+        if entry.control.try_send(Box::new(goaway)).is_ok() {
             metrics.links_drained.inc();
         }
     }

@@ -223,7 +223,101 @@ fn garbage_on_the_agent_port_does_not_stop_the_next_agent(transport: Transport) 
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
+/// An agent's own link, opened by hand and registered for alice--raw.
+async fn raw_agent_link(
+    gw: &Gateway,
+    transport: Transport,
+) -> (agent_link::transport::Link, Option<quinn::Endpoint>) {
+    use agent_link::proto::{ALPN_MUX, ALPN_QUIC};
+    use agent_link::transport::{mux, quic, Link};
+    let trust = agent_link::tls::Trust::fingerprint(&gw.fingerprint).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.agent_port).parse().unwrap();
+    let (link, endpoint) = match transport {
+        Transport::Quic => {
+            let tls = trust.client_config(&[ALPN_QUIC]).unwrap();
+            let endpoint = quic::client_endpoint(addr, tls, &quic::LinkTuning::agent()).unwrap();
+            let conn = endpoint
+                .connect(addr, "gateway.localhost")
+                .unwrap()
+                .await
+                .unwrap();
+            (Link::Quic(conn), Some(endpoint))
+        }
+        Transport::Tcp => {
+            let tls = std::sync::Arc::new(trust.client_config(&[ALPN_MUX]).unwrap());
+            let stream = mux::connect_tls(addr, "gateway.localhost", tls)
+                .await
+                .unwrap();
+            (Link::Mux(mux::MuxLink::new(stream, false, addr)), None)
+        }
+    };
+    (link, endpoint)
+}
+
+/// Agents only answer streams; one that opens a stream of its own gets it reset, and
+/// its link, its space and every other stream go on.
+fn an_agent_that_opens_a_stream_has_it_reset_and_stays_linked(transport: Transport) {
+    use agent_link::io::{send_control, ControlReader};
+    use agent_link::proto::{ControlMessage, PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut gw = Gateway::start();
+    let token = gw.agent_token("alice", "raw");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (link, _endpoint) = raw_agent_link(&gw, transport).await;
+        let mut control = link.open().await.unwrap();
+        let hello = ControlMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent_version: "test".into(),
+            token,
+            services: Vec::new(),
+            instance: 1,
+        };
+        send_control(&mut control.send, &hello).await.unwrap();
+        let mut reader = ControlReader::new(control.recv);
+        let welcome = reader.next_within(Duration::from_secs(10)).await.unwrap();
+        assert!(
+            matches!(welcome, Some(ControlMessage::Welcome { .. })),
+            "{welcome:?}"
+        );
+
+        let mut rogue = link.open().await.unwrap();
+        rogue
+            .send
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), rogue.recv.read_to_end(&mut answer))
+                .await
+                .expect("the gateway answers an agent's stream at once");
+        assert!(
+            read.is_err(),
+            "an agent's stream ended cleanly with {answer:?}, not reset"
+        );
+
+        // The link is still up: the gateway still answers its pings.
+        send_control(&mut control.send, &ControlMessage::Ping { nonce: 7 })
+            .await
+            .unwrap();
+        loop {
+            match reader.next_within(Duration::from_secs(10)).await.unwrap() {
+                Some(ControlMessage::Pong { nonce: 7 }) => break,
+                Some(ControlMessage::Ping { .. }) => continue,
+                other => panic!("expected the pong, got {other:?}"),
+            }
+        }
+    });
+    assert!(gw.is_running());
+}
+
 on_both_transports!(
+    an_agent_that_opens_a_stream_has_it_reset_and_stays_linked,
     errors_for_ports_tokens_and_spaces,
     a_port_offered_but_not_listening_is_502_with_the_reason,
     garbage_on_the_public_port_does_not_stop_the_next_good_request,

@@ -63,7 +63,8 @@ pub struct MuxLink {
 #[derive(Debug)]
 struct Shared {
     commands: mpsc::UnboundedSender<Command>,
-    inbound: Mutex<mpsc::UnboundedReceiver<Stream>>,
+    /// Boxed, as the channel allocates its first 32 slots at once, on every link.
+    inbound: Mutex<mpsc::UnboundedReceiver<Box<Stream>>>,
     closed: CancellationToken,
     remote: SocketAddr,
     id: u64,
@@ -150,7 +151,7 @@ impl MuxLink {
             .await
             .recv()
             .await
-            .map(|stream| self.wrap(stream))
+            .map(|stream| self.wrap(*stream))
     }
 
     /// Waits until the link has closed.
@@ -184,7 +185,7 @@ struct Driver<T> {
     conn: Connection<T>,
     commands: mpsc::UnboundedReceiver<Command>,
     pending: Option<oneshot::Sender<Result<Stream, ConnectionError>>>,
-    inbound: mpsc::UnboundedSender<Stream>,
+    inbound: mpsc::UnboundedSender<Box<Stream>>,
     closing: bool,
 }
 
@@ -224,7 +225,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<Compat<T>> {
         loop {
             match this.conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
-                    let _ = this.inbound.send(stream);
+                    let _ = this.inbound.send(Box::new(stream));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     debug!(error = %e, "yamux link failed");
