@@ -160,6 +160,9 @@ async fn link_to_socket<W: AsyncWrite + Unpin>(recv: &mut RecvHalf, w: &mut W) -
             let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
             while let Some(n) = r.read_chunks(&mut chunks).await? {
                 copied += write_all_chunks(w, &mut chunks[..n]).await?;
+                // A written chunk still holds quinn's whole receive batch (up to
+                // 64 KiB) until it is replaced; an idle stream must not keep it.
+                chunks[..n].fill(Bytes::new());
             }
             copied
         }

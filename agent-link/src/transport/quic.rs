@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
 /// UDP socket buffer size. With Linux's 208 KiB default, bursts from a fast sender
 /// overflow the receive buffer and quinn loses 0.2 to 0.5% of packets even on loopback.
 pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The longest a peer should wait before acknowledging a packet.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The transport knobs of a link, for whichever side sets them.
 #[derive(Debug, Clone)]
@@ -57,6 +60,16 @@ impl LinkTuning {
         t.receive_window(VarInt::MAX);
         t.send_window(32 * 1024 * 1024);
         t.congestion_controller_factory(Arc::new(super::cc::CappedCubic::default()));
+        // A lost packet with none sent after it (the end of a desktop frame, a
+        // keystroke) is found only by the probe timeout, which waits out the peer's
+        // longest acknowledgement delay: 25 ms by default. The peer is asked for 5 ms
+        // instead (the acknowledgement-frequency extension; both ends are quinn).
+        let mut acks = AckFrequencyConfig::default();
+        acks.max_ack_delay(Some(MAX_ACK_DELAY));
+        // As without the extension: a packet out of order is acknowledged at once, so
+        // that the sender finds a loss in the middle of a frame as soon as it can.
+        acks.reordering_threshold(VarInt::from_u32(1));
+        t.ack_frequency_config(Some(acks));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_idle_timeout(Some(
             IdleTimeout::try_from(self.idle_timeout).expect("idle timeout below 2^62 ms"),
