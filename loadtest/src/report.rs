@@ -35,6 +35,12 @@ pub struct Row {
     pub bulk: Option<Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bulk_ratio: Option<Ratio>,
+    /// `mixed`: the desktop alone on this path, just before the download ran beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alone: Option<Summary>,
+    /// `mixed`: the frames beside the download over the frames alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beside_alone: Option<Ratio>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetFacts>,
     /// The gateway process while this path ran.
@@ -112,6 +118,9 @@ impl Report {
             if let Some(bulk) = &row.bulk {
                 out += &line("  + bulk", bulk, row.bulk_ratio.as_ref());
             }
+            if let Some(alone) = &row.alone {
+                out += &line("  alone", alone, None);
+            }
         }
         for row in &self.rows {
             out += &format!("  {}: {}\n", row.path, row.stack);
@@ -120,6 +129,12 @@ impl Report {
             }
             if let Some(f) = &row.fleet {
                 out += &fleet_line(f);
+            }
+            if let Some(r) = &row.beside_alone {
+                out += &format!(
+                    "    frames beside the download / alone: p50 {:.2}, p99 {:.2}, p99.9 {:.2}\n",
+                    r.p50, r.p99, r.p999
+                );
             }
             if let Some(g) = &row.gateway {
                 out += &format!(

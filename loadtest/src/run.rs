@@ -13,8 +13,9 @@ use crate::client::Via;
 use crate::gateway::{GatewayProc, Minter, Target};
 use crate::procstat::Sampler;
 use crate::progress::with_bar;
-use crate::report::{Report, Row};
+use crate::report::{Ratio, Report, Row};
 use crate::spaces::{self, Agents, LinkTarget, Sources, Space, Transport, LOOPBACK, USER};
+use crate::stats::Summary;
 use crate::workload::{self, fleet, Kind, Opts};
 
 /// Where the spaces of one phase live, kept alive while it runs.
@@ -91,7 +92,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let errors: u64 = report
         .rows
         .iter()
-        .map(|r| r.summary.errors + r.bulk.as_ref().map_or(0, |b| b.errors))
+        .map(|r| {
+            let extra = |s: &Option<Summary>| s.as_ref().map_or(0, |s| s.errors);
+            r.summary.errors + extra(&r.bulk) + extra(&r.alone)
+        })
         .sum();
     if errors > 0 {
         bail!("{errors} operations failed (the first error of each path is under its row)");
@@ -256,7 +260,9 @@ async fn user_phases(
 ) -> anyhow::Result<()> {
     let opts = opts(cli);
     let kind = cli.workload;
-    let expected = opts.duration + Duration::from_millis(500);
+    // `mixed` runs the desktop alone first, for as long again.
+    let phases = if kind == Kind::Mixed { 2 } else { 1 };
+    let expected = opts.duration * phases + Duration::from_millis(500);
     let mut direct_done = !cli.direct;
     for transport in cli.transport.list() {
         let (spaces, _host) = host(cli, target, transport, netns).await?;
@@ -364,13 +370,17 @@ fn row(
     m: &workload::Measured,
     gateway: Option<crate::procstat::Usage>,
 ) -> Row {
+    let summary = m.main.summary(m.secs);
+    let alone = m.alone.as_ref().map(|(s, secs)| s.summary(*secs));
     Row {
         path: path.to_owned(),
         stack: stack.to_owned(),
-        summary: m.main.summary(m.secs),
+        beside_alone: alone.as_ref().map(|a| Ratio::of(&summary, a)),
+        summary,
         ratio: None,
         bulk: m.bulk.as_ref().map(|(s, secs)| s.summary(*secs)),
         bulk_ratio: None,
+        alone,
         fleet: None,
         gateway,
     }
@@ -422,6 +432,8 @@ async fn fleet_phases(
             ratio: None,
             bulk: None,
             bulk_ratio: None,
+            alone: None,
+            beside_alone: None,
             fleet: Some(result.facts),
             gateway: Some(usage),
         });

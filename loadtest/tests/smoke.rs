@@ -85,3 +85,23 @@ fn keystrokes_requests_and_downloads_complete_on_every_path() {
     check(&run("http", &["--concurrency", "2"]));
     check(&run("bulk", &["--bulk-size", "4MiB"]));
 }
+
+#[test]
+fn mixed_measures_the_frames_beside_a_download_against_the_frames_alone() {
+    let report = run(
+        "mixed",
+        &["--frame-size", "4KiB", "--fps", "30", "--bulk-size", "4MiB"],
+    );
+    check(&report);
+    for row in report["rows"].as_array().unwrap() {
+        let (alone, bulk) = (&row["alone"], &row["bulk"]);
+        assert!(alone["count"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(alone["errors"].as_u64().unwrap(), 0, "{row:#}");
+        assert!(bulk["count"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(bulk["errors"].as_u64().unwrap(), 0, "{row:#}");
+        let beside = row["summary"]["p99_ms"].as_f64().unwrap();
+        let ratio = row["beside_alone"]["p99"].as_f64().unwrap();
+        let want = beside / alone["p99_ms"].as_f64().unwrap();
+        assert!((ratio - want).abs() < 1e-9 * want.max(1.0), "{row:#}");
+    }
+}

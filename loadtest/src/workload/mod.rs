@@ -25,7 +25,7 @@ pub enum Kind {
     Http,
     /// One large download after another per space.
     Bulk,
-    /// Desktop and bulk in the same space at once.
+    /// Desktop and bulk in the same space at once, after the desktop alone for as long.
     Mixed,
     /// Idle agent links held open: memory per link, registration rate.
     Idle,
@@ -86,6 +86,8 @@ pub struct Measured {
     pub secs: f64,
     /// The bulk downloads beside the desktop in `mixed`.
     pub bulk: Option<(Stats, f64)>,
+    /// `mixed`: the same desktop alone, just before, on the same path.
+    pub alone: Option<(Stats, f64)>,
 }
 
 /// Runs a user workload on every space through `via`.
@@ -93,6 +95,12 @@ pub async fn run(kind: Kind, opts: &Opts, via: &Via, spaces: &[Space]) -> Measur
     let o = || (opts.clone(), via.clone());
     let desktop = || each(spaces, |s| desktop::view(o().0, o().1, s));
     let bulk = || each(spaces, |s| web::downloads(o().0, o().1, s));
+    // `mixed` first runs the desktop alone for as long, on the same path and spaces:
+    // what a download does to the frames is measured against the same run.
+    let alone = match kind {
+        Kind::Mixed => Some(timed(desktop()).await),
+        _ => None,
+    };
     let ((main, secs), bulk) = match kind {
         Kind::Desktop => (timed(desktop()).await, None),
         Kind::Interactive => {
@@ -110,7 +118,12 @@ pub async fn run(kind: Kind, opts: &Opts, via: &Via, spaces: &[Space]) -> Measur
         }
         Kind::Idle | Kind::Storm => ((Stats::default(), 0.0), None),
     };
-    Measured { main, secs, bulk }
+    Measured {
+        main,
+        secs,
+        bulk,
+        alone,
+    }
 }
 
 /// The stats of `fut` and the seconds it took.
