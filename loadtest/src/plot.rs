@@ -41,7 +41,15 @@ pub fn draw(report: &Report, file: &Path) -> anyhow::Result<()> {
 
     let root = BitMapBackend::new(file, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let title = format!("{}: {} latency by percentile", report.workload, report.unit);
+    let beside = if report.rows.iter().any(|r| r.alone.is_some()) {
+        " beside the downloads"
+    } else {
+        ""
+    };
+    let title = format!(
+        "{}: {} latency{beside} by percentile",
+        report.workload, report.unit
+    );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(15)

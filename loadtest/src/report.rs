@@ -98,7 +98,15 @@ impl Report {
         } else {
             ""
         };
-        let mut out = format!("{} ({} latency in ms{ratio})\n", self.workload, self.unit);
+        let beside = if self.rows.iter().any(|r| r.alone.is_some()) {
+            "; each path's first row: beside the downloads, `alone`: the same before them"
+        } else {
+            ""
+        };
+        let mut out = format!(
+            "{} ({} latency in ms{ratio}{beside})\n",
+            self.workload, self.unit
+        );
         out += &format!(
             "{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6}  {}\n",
             "path",
