@@ -129,6 +129,20 @@ pub struct GatewayProc {
     plain: SocketAddr,
 }
 
+/// The gateway's defaults (10,000 links, 16,384 front-door connections) need more open
+/// files than many machines allow (the gateway warns), and `--links` may ask for more
+/// links than the default. The started gateway gets room for `links` agent links, and
+/// front-door connections to fill the rest of this process's open-file limit.
+fn limits_config(links: u32) -> String {
+    let links = u64::from(links).max(10_000);
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    // The gateway's own reserve for everything else (listeners, logs) is 256 files.
+    let connections = nofile.saturating_sub(links + 256).clamp(1024, 16_384);
+    format!("[agents]\nmax_links = {links}\n\n[public]\nmax_connections = {connections}\n")
+}
+
 impl GatewayProc {
     /// Starts `binary` on free loopback ports with a fresh data directory; the agent
     /// listener on `agent_ip` when given (the lossy mode's veth address).
@@ -137,6 +151,7 @@ impl GatewayProc {
         front_tls: bool,
         user: &str,
         agent_ip: Option<std::net::IpAddr>,
+        links: u32,
     ) -> anyhow::Result<Self> {
         if !binary.exists() {
             bail!(
@@ -151,10 +166,14 @@ impl GatewayProc {
         if let Some(ip) = agent_ip {
             agent.set_ip(ip);
         }
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, limits_config(links))?;
         let args = vec![
             "--data-dir".to_owned(),
             dir.display().to_string(),
             "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
             "--agent-listen".to_owned(),
             agent.to_string(),
             "--public-listen".to_owned(),

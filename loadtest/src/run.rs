@@ -37,12 +37,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(agent) => (None, given(&cli, agent, &bin)?),
         None => {
             // A port taken between choosing it and the gateway binding it: try again.
-            let mut started = GatewayProc::start(&bin, front_tls, USER, agent_ip);
+            let mut started = GatewayProc::start(&bin, front_tls, USER, agent_ip, cli.links);
             for _ in 0..2 {
                 if started.is_ok() {
                     break;
                 }
-                started = GatewayProc::start(&bin, front_tls, USER, agent_ip);
+                started = GatewayProc::start(&bin, front_tls, USER, agent_ip, cli.links);
             }
             let p = started?;
             let t = p.target.clone();
