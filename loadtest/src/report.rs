@@ -107,8 +107,8 @@ impl Report {
             "{} ({} latency in ms{ratio}{beside})\n",
             self.workload, self.unit
         );
-        out += &format!(
-            "{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6}  {}\n",
+        let header = format!(
+            "{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6}  {}",
             "path",
             "count",
             "p50",
@@ -119,8 +119,14 @@ impl Report {
             "per s",
             "MiB/s",
             "errors",
-            "ratio p50 / p99 / MiB/s"
+            if has_direct {
+                "ratio p50 / p99 / MiB/s"
+            } else {
+                ""
+            }
         );
+        out += header.trim_end();
+        out.push('\n');
         for row in &self.rows {
             out += &line(&row.path, &row.summary, row.ratio.as_ref());
             if let Some(bulk) = &row.bulk {
