@@ -257,45 +257,16 @@ mod tests {
         assert_eq!(rest, b"SSH-2.0-banner");
     }
 
-    /// Takes at most 7 bytes of each write, vectored or not.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            let n = buf.len().min(7);
-            self.get_mut().0.extend_from_slice(&buf[..n]);
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test]
     async fn chunks_are_written_whole_and_in_order_through_short_writes() {
         let mut chunks: Vec<Bytes> = (0..CHUNKS as u8)
             .map(|i| Bytes::from(vec![i; usize::from(i) % 13 + 1]))
             .collect();
         let want: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let mut w = Trickle(Vec::new());
+        let mut w = crate::test_io::Writes::short(7);
         let n = write_all_chunks(&mut w, &mut chunks).await.unwrap();
         assert_eq!(n, want.len() as u64);
-        assert_eq!(w.0, want);
+        assert_eq!(w.sent(), want);
     }
 
     #[tokio::test]

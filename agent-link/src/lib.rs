@@ -19,3 +19,6 @@ pub mod net;
 pub mod proto;
 pub mod tls;
 pub mod transport;
+
+#[cfg(test)]
+mod test_io;

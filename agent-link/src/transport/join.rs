@@ -110,39 +110,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for JoinSmall<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_io::Writes;
     use tokio::io::AsyncWriteExt;
-
-    /// Records each write it is given, taking at most `limit` bytes of each.
-    #[derive(Default)]
-    struct Writes {
-        writes: Vec<Vec<u8>>,
-        limit: Option<usize>,
-    }
-
-    impl AsyncWrite for Writes {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let n = this.limit.map_or(buf.len(), |l| l.min(buf.len()));
-            this.writes.push(buf[..n].to_vec());
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn sent(w: &Writes) -> Vec<u8> {
-        w.writes.concat()
-    }
 
     #[tokio::test]
     async fn a_header_and_its_body_leave_as_one_write() {
@@ -164,7 +133,7 @@ mod tests {
         assert_eq!(j.inner.writes, vec![b"window".to_vec()]);
         j.write_all(b"fin").await.unwrap();
         j.shutdown().await.unwrap();
-        assert_eq!(sent(&j.inner), b"windowfin");
+        assert_eq!(j.inner.sent(), b"windowfin");
     }
 
     #[tokio::test]
@@ -177,16 +146,13 @@ mod tests {
         assert_eq!(j.inner.writes[0].len(), JOINED);
         let mut want = vec![7; HELD];
         want.extend_from_slice(&body);
-        assert_eq!(sent(&j.inner), want, "no byte lost, repeated or reordered");
+        assert_eq!(j.inner.sent(), want, "no byte lost, repeated or reordered");
     }
 
     #[tokio::test]
     async fn short_writes_underneath_lose_nothing() {
         for limit in [1, 5, HELD, HELD + 1, 1000] {
-            let mut j = JoinSmall::new(Writes {
-                limit: Some(limit),
-                ..Writes::default()
-            });
+            let mut j = JoinSmall::new(Writes::short(limit));
             let mut want = Vec::new();
             for (i, len) in [HELD, 3, HELD, 0, 2000, 1, HELD, HELD]
                 .into_iter()
@@ -197,7 +163,7 @@ mod tests {
                 want.extend_from_slice(&chunk);
             }
             j.flush().await.unwrap();
-            assert_eq!(sent(&j.inner), want, "limit {limit}");
+            assert_eq!(j.inner.sent(), want, "limit {limit}");
         }
     }
 }
