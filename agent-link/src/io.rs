@@ -4,7 +4,8 @@ use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tracing::debug;
 
 use crate::proto::{frame_len, ControlMessage, DecodeError, FrameDecoder};
 use crate::transport::{DataStream, RecvHalf, SendHalf};
@@ -131,6 +132,12 @@ where
 /// directions have ended, like [`relay`]; end-of-file on one side shuts down the other
 /// side's write half only.
 ///
+/// A service may answer and close while the user is still sending (an HTTP server
+/// refusing an upload, say). Its answer is whole, so only the user's direction is
+/// stopped (the gateway is told to send no more) and the answer goes on to its end: a
+/// reset of the whole stream would let the gateway throw away the part of the answer
+/// it has not passed on yet.
+///
 /// On QUIC no byte is copied between the socket and the link: chunks read from the
 /// stream are written to the socket as quinn holds them, and bytes read from the socket
 /// are handed to quinn in the buffer they were read into, which quinn keeps until they
@@ -152,25 +159,60 @@ pub async fn relay_stream(
 const MIN_READ: usize = 16 * 1024;
 
 async fn link_to_socket<W: AsyncWrite + Unpin>(recv: &mut RecvHalf, w: &mut W) -> io::Result<u64> {
-    let copied = match recv {
+    let mut copied = 0;
+    // A failed read is the link's failure and ends the relay; a failed write may be the
+    // service's refusal of more bytes, which ends this direction only (below).
+    let refused = match recv {
         RecvHalf::Quic(r) => {
             // quinn keeps what it received as one chunk per packet; taken many at a
             // time, they go to the socket in one vectored write rather than one each.
-            let mut copied = 0;
             let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
-            while let Some(n) = r.read_chunks(&mut chunks).await? {
-                copied += write_all_chunks(w, &mut chunks[..n]).await?;
+            loop {
+                let Some(n) = r.read_chunks(&mut chunks).await? else {
+                    break None;
+                };
+                match write_all_chunks(w, &mut chunks[..n]).await {
+                    Ok(written) => copied += written,
+                    Err(e) => break Some(e),
+                }
                 // A written chunk still holds quinn's whole receive batch (up to
                 // 64 KiB) until it is replaced; an idle stream must not keep it.
                 chunks[..n].fill(Bytes::new());
             }
-            copied
         }
         RecvHalf::Mux(r) => {
-            tokio::io::copy_buf(&mut BufReader::with_capacity(RELAY_BUFFER, r), w).await?
+            let mut r = BufReader::with_capacity(RELAY_BUFFER, r);
+            loop {
+                let buf = r.fill_buf().await?;
+                if buf.is_empty() {
+                    break None;
+                }
+                let n = buf.len();
+                if let Err(e) = w.write_all(buf).await {
+                    break Some(e);
+                }
+                r.consume(n);
+                copied += n as u64;
+            }
         }
     };
-    w.shutdown().await?;
+    let ended = match refused {
+        None => w.shutdown().await,
+        Some(e) => Err(e),
+    };
+    match ended {
+        Ok(()) => {}
+        // Linux reports a reset that came after the service's end-of-file as a broken
+        // pipe: its answer is whole in our receive queue, and only the user's direction
+        // is over. A reset before it ("connection reset") may have thrown away the end
+        // of the answer, and the reading direction would then see a clean end (the
+        // error is reported once, to this write): the whole stream must be cut.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            debug!(error = %e, bytes = copied, "the service took no more from the user");
+            recv.stop();
+        }
+        Err(e) => return Err(e),
+    }
     Ok(copied)
 }
 

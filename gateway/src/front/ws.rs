@@ -31,6 +31,9 @@ use std::sync::Arc;
 /// Buffer for reads from the space; each read becomes one binary message.
 const READ_BUFFER: usize = 60 * 1024;
 
+/// How long the client has to answer our Close before its connection is closed.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Checks that the request is a websocket upgrade this route can accept (RFC 6455
 /// section 4.2.1), before any stream to the space is opened.
 pub(super) fn check_upgrade(req: &Request<Incoming>) -> Result<(), Response<Body>> {
@@ -146,6 +149,9 @@ enum Ended {
 enum Cut {
     /// The client sent a message over the limit.
     TooBig,
+    /// The space stopped taking the client's bytes (its service closed, or the stream
+    /// was stopped or lost). What the space still sends is relayed to its end.
+    Refused(String),
     /// Anything else: I/O, protocol, a reset by the space.
     Failed(String),
 }
@@ -176,7 +182,7 @@ async fn relay(
                     metrics.to_space.inc_by(b.len() as u64);
                     activity.moved(b.len());
                     if let Err(e) = send.write_all(&b).await {
-                        break Err(Cut::Failed(e.to_string()));
+                        break Err(Cut::Refused(e.to_string()));
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => break Ok(Ended::Close),
@@ -227,7 +233,9 @@ async fn relay(
         tokio::pin!(upstream, downstream);
         tokio::select! {
             up = &mut upstream => match up {
-                Ok(Ended::HalfClose) => (up, downstream.await),
+                // A service that answers and closes while the client is still sending
+                // has its answer delivered whole; a lost link fails the other way too.
+                Ok(Ended::HalfClose) | Err(Cut::Refused(_)) => (up, downstream.await),
                 _ => (up, Ok(Ended::Close)),
             },
             down = &mut downstream => match down {
@@ -265,9 +273,13 @@ async fn relay(
                     CloseCode::Size,
                     format!("message larger than {} bytes", limits.max_message),
                 ),
-                (Err(Cut::Failed(why)), _) | (_, Err(Cut::Failed(why))) => (
+                (_, Err(Cut::Failed(why))) | (Err(Cut::Failed(why)), _) => (
                     CloseCode::Error,
                     close_reason(&format!("stream cut: {why}")),
+                ),
+                (Err(Cut::Refused(why)), _) => (
+                    CloseCode::Error,
+                    close_reason(&format!("the space took no more of the upload: {why}")),
                 ),
                 _ => (CloseCode::Error, "stream cut".to_owned()),
             }
@@ -292,6 +304,20 @@ async fn relay(
             reason: reason.into(),
         })))
         .await;
+    // The closing handshake: what the client still sends is read and dropped until
+    // its own Close, for a while at most. Closing the socket with those bytes unread
+    // would reset the connection, and a reset can take from the client the end of what
+    // we sent that it has not read yet.
+    let drained = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(msg)) = source.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    });
+    if drained.await.is_err() {
+        debug!(?CLOSE_WAIT, "no Close from the client in time");
+    }
     let _ = sink.close().await;
 }
 

@@ -717,6 +717,29 @@ pub fn silent_server() -> u16 {
     })
 }
 
+/// Bytes of every [`answer_then_close_server`] answer.
+pub const EARLY_ANSWER: u64 = 5 << 20;
+
+/// A TCP service that answers before the client has finished sending, as an HTTP
+/// server refusing an upload does: after the client's first bytes it sends
+/// `EARLY_ANSWER` bytes of [`pattern_byte`]s and its end-of-file, and a second later
+/// closes without reading the rest, so the client's further bytes meet a reset.
+/// Returns the port.
+pub fn answer_then_close_server() -> u16 {
+    serve_in_thread(|mut conn| {
+        let mut first = [0u8; 1];
+        if conn.read(&mut first).unwrap_or(0) == 0 {
+            return;
+        }
+        let answer: Vec<u8> = (0..EARLY_ANSWER).map(pattern_byte).collect();
+        if conn.write_all(&answer).is_err() {
+            return;
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        thread::sleep(Duration::from_secs(1));
+    })
+}
+
 /// A TCP service that reads until the client's end-of-file, then sends back everything
 /// it read and closes: it answers only a client that half-closes. Returns the port.
 pub fn echo_after_eof_server() -> u16 {
