@@ -80,6 +80,11 @@ pub struct AgentsConfig {
     /// Streams open at once on one link (user connections into one space); past it a
     /// user gets 503. Default 1024.
     pub max_streams_per_link: usize,
+    /// Bytes from one space that its users have not read yet which the gateway holds
+    /// for a QUIC link, in MiB: the link's flow-control window. When users stall
+    /// downloads worth this much, the space's other streams wait with them until the
+    /// link is given up and made again. Default 64 (32 streams' windows).
+    pub max_unread_mib_per_link: u64,
 }
 
 /// `[public]`: where users connect.
@@ -155,6 +160,7 @@ impl Default for AgentsConfig {
             hello_timeout_secs: 10,
             max_links: 10_000,
             max_streams_per_link: 1024,
+            max_unread_mib_per_link: 64,
         }
     }
 }
@@ -287,6 +293,13 @@ impl Config {
                  `gateway connect` sends messages of up to 32 KiB"
             )));
         }
+        if !(MIN_UNREAD_MIB..=MAX_UNREAD_MIB).contains(&self.agents.max_unread_mib_per_link) {
+            return Err(ConfigError::Invalid(format!(
+                "agents.max_unread_mib_per_link must be {MIN_UNREAD_MIB} to {MAX_UNREAD_MIB}: \
+                 at least two streams' windows, so that one stalled download cannot stop \
+                 a space"
+            )));
+        }
         if self.agents.ping_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "agents.ping_interval_secs must be at least 1".into(),
@@ -295,6 +308,11 @@ impl Config {
         Ok(())
     }
 }
+
+/// The bounds of `agents.max_unread_mib_per_link`: two streams' windows (2 MiB each),
+/// and 1 TiB.
+const MIN_UNREAD_MIB: u64 = 4;
+const MAX_UNREAD_MIB: u64 = 1 << 20;
 
 /// The smallest `public.max_message_bytes`: twice the largest message `gateway connect`
 /// sends, so that the project's own client always fits.
@@ -390,6 +408,20 @@ mod tests {
             e.contains("agents.ping_interval_secs must be at least 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_unread_budget_below_two_streams_windows_is_refused() {
+        for bad in ["0", "3", "1048577"] {
+            let c = Config::parse(&format!("[agents]\nmax_unread_mib_per_link = {bad}\n"));
+            let e = c.unwrap().validate().unwrap_err().to_string();
+            assert!(
+                e.contains("agents.max_unread_mib_per_link must be 4 to"),
+                "{e}"
+            );
+        }
+        let c = Config::parse("[agents]\nmax_unread_mib_per_link = 4\n").unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
     let endpoint = server_endpoint(
         config.agents.listen,
         certs::agent_listener(&certs)?,
-        &LinkTuning::gateway(),
+        &LinkTuning {
+            receive_window: Some(config.agents.max_unread_mib_per_link << 20),
+            ..LinkTuning::gateway()
+        },
         &reset_key,
     )
     .with_context(|| format!("cannot listen for agents on udp/{}", config.agents.listen))?;

@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::servers::{echo_after_eof_server, silent_server, Nginx, TempDir};
-use support::{gateway_bin, ws, Agent, Gateway, Transport};
+use support::servers::{echo_after_eof_server, silent_server, stream_server, Nginx, TempDir};
+use support::{gateway_bin, wait_for_registrations, ws, Agent, Gateway, Transport};
 
 /// A space serving nginx's page, and a token for it.
 struct Web {
@@ -414,5 +414,88 @@ async fn strangers_on_a_public_port_cannot_take_every_stream() {
     for h in &mut hung {
         let _ = h.kill();
         let _ = h.wait();
+    }
+}
+
+/// The most memory the gateway has used, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Users of one space who stall more downloads than its QUIC link's unread budget
+/// holds cannot make the gateway hold more: the link's window fills, its pings cannot
+/// pass, and it is dropped and made again, which cuts the stalled downloads. Another
+/// space is served all along.
+#[test]
+fn stalled_downloads_cannot_make_the_gateway_hold_more_than_the_links_budget() {
+    let source = stream_server();
+    let gw = Gateway::start_configured(
+        "[agents]\nmax_unread_mib_per_link = 8\nping_interval_secs = 1\n",
+        &[],
+    );
+    let web = web(&gw);
+    let _agent = Agent::start(
+        &gw,
+        Transport::Quic,
+        "bob",
+        "dl",
+        &[("KNOT_HTTP_PORT", source.to_string())],
+    );
+    let token = gw.user_token("bob", &["bob--dl"]);
+    let auth = format!("Authorization: Bearer {token}");
+    let url = gw.space_url(&format!("bob--dl--{source}"), "/");
+    let before = peak_rss_kib(gw.pid());
+
+    // 32 downloads read at 1 KB/s. Unbounded, each could leave its stream's window
+    // (2 MiB) in the gateway: 64 MiB.
+    let _stalled = Stalled(
+        (0..32)
+            .map(|_| {
+                Command::new("curl")
+                    .args(["--silent", "--limit-rate", "1K", "-o", "/dev/null"])
+                    .args(["--cacert", gw.cacert().to_str().unwrap()])
+                    .args(["-H", &auth, &url])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    thread::sleep(Duration::from_secs(2));
+    println!("another space served in {:?}", served(&gw, &web));
+    let grew = peak_rss_kib(gw.pid()).saturating_sub(before);
+    println!("the gateway's peak memory grew by {grew} KiB");
+    assert!(
+        grew < 40 * 1024,
+        "the gateway's peak memory grew by {grew} KiB with an 8 MiB budget"
+    );
+
+    wait_for_registrations(
+        &gw,
+        "bob",
+        "dl",
+        Transport::Quic,
+        2,
+        Duration::from_secs(30),
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("space unregistered space=bob--dl session=2 reason=no pong"),
+        "{log}"
+    );
+    println!("another space served in {:?}", served(&gw, &web));
+}
+
+/// Clients killed when the test ends, however it ends.
+struct Stalled(Vec<std::process::Child>);
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -26,7 +26,19 @@ pub struct LinkTuning {
     pub keep_alive: Duration,
     /// A link with no packet from the peer for this long is dead.
     pub idle_timeout: Duration,
+    /// Bytes the peer may send on all streams together that this side has not read
+    /// yet: the most a link can make this side hold when its readers stall. `None`
+    /// leaves it unlimited, bounded only by the stream window times the streams.
+    pub receive_window: Option<u64>,
 }
+
+/// Bytes one stream may have in flight or unread. 100 Mbit/s at 50 ms round trip
+/// needs 625 kB; 2 MiB carries it to 160 ms, or 330 Mbit/s at 50 ms. The 8 MiB window
+/// this replaced carried a download on loopback no faster (`loadtest -w bulk`).
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The gateway's default [`LinkTuning::receive_window`]: 32 streams' windows.
+pub const GATEWAY_RECEIVE_WINDOW: u64 = 64 * 1024 * 1024;
 
 impl LinkTuning {
     /// The agent's side: the gateway opens one stream per user connection.
@@ -35,6 +47,8 @@ impl LinkTuning {
             peer_streams: 4096,
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
+            // What the space's own services leave unread stays in the space.
+            receive_window: None,
         }
     }
 
@@ -44,6 +58,7 @@ impl LinkTuning {
             peer_streams: 4,
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
+            receive_window: Some(GATEWAY_RECEIVE_WINDOW),
         }
     }
 
@@ -51,13 +66,18 @@ impl LinkTuning {
         let mut t = TransportConfig::default();
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.peer_streams));
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
-        // One stream must fill a fast link at a real round-trip time: the 1.25 MB
-        // default caps a stream near 60 MB/s at 20 ms. The connection window is not
-        // limited below the streams' own: otherwise a few users who stop reading fill
-        // it, and every other stream of the space, pings included, stalls with them.
-        // Memory is bounded per stream (8 MiB) times the streams the gateway opened.
-        t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
-        t.receive_window(VarInt::MAX);
+        // One stream must fill a fast link at a real round-trip time (STREAM_WINDOW).
+        // Over the whole link, the gateway holds at most its receive window of what
+        // users have not read yet, however many streams they stall, so that one
+        // space cannot take the gateway's memory from the others. The price: when the
+        // space's stalled streams fill it, the space's other streams wait too, pings
+        // included, until the link is given up and made again (docs/performance.md).
+        t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+        t.receive_window(
+            self.receive_window
+                .and_then(|w| VarInt::from_u64(w).ok())
+                .unwrap_or(VarInt::MAX),
+        );
         t.send_window(32 * 1024 * 1024);
         t.congestion_controller_factory(Arc::new(super::cc::CappedCubic::default()));
         // A lost packet with none sent after it (the end of a desktop frame, a
