@@ -280,7 +280,14 @@ mod tests {
             );
             assert_eq!(&buf[..n], &[i; 100]);
         }
+        // The writer counts a packet just after sending it: give it up to a second.
         let counts = line.counts().next().unwrap();
+        for _ in 0..100 {
+            if counts.forwarded.load(Ordering::Relaxed) == 20 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(counts.forwarded.load(Ordering::Relaxed), 20);
         assert_eq!(counts.overflowed.load(Ordering::Relaxed), 0);
     }
