@@ -100,6 +100,16 @@ pub struct Cli {
     #[arg(long, requires = "loss")]
     pub rate: Option<u32>,
 
+    /// With --loss and --rate: a round trip to add between the spaces and the gateway,
+    /// ms, half each way (two TUN devices replace the veth pair, and this process holds
+    /// each packet between them).
+    #[arg(
+        long,
+        requires_all = ["loss", "rate"],
+        value_parser = clap::value_parser!(u32).range(0..=1000),
+    )]
+    pub delay: Option<u32>,
+
     /// Internal: run as the space side of the lossy mode (inside its namespace).
     #[arg(long, hide = true)]
     pub space_side: bool,
@@ -160,6 +170,11 @@ impl Cli {
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.duration)
     }
+
+    /// `--delay` as a round trip.
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay.map(|ms| Duration::from_millis(ms.into()))
+    }
 }
 
 /// `4096`, `4KiB`, `60KiB`, `1MiB`.
@@ -207,5 +222,11 @@ mod tests {
         assert_eq!(cli.frame_size, 60 * 1024);
         assert_eq!(cli.transport.list().len(), 2);
         assert!(Cli::try_parse_from(["loadtest", "--loss", "1"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "--delay", "50"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "--loss", "0", "--delay", "50"]).is_err());
+        let lossy = ["loadtest", "--loss", "0", "--rate", "100", "--delay"];
+        let cli = Cli::try_parse_from(lossy.iter().chain(&["50"])).unwrap();
+        assert_eq!(cli.delay, Some(50));
+        assert!(Cli::try_parse_from(lossy.iter().chain(&["1001"])).is_err());
     }
 }

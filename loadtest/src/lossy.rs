@@ -4,29 +4,41 @@
 //! the users stay here. Agents are in-process, so this binary runs itself again inside
 //! the namespace in a hidden "space side" role, which starts the sources and agents and
 //! reports their addresses as one JSON line on standard output. Frames are stamped with
-//! CLOCK_MONOTONIC, which both processes share.
+//! CLOCK_MONOTONIC, which both processes share. With `--delay` two TUN devices take the
+//! veth pair's place, and this process carries the packets between them late (delay.rs).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::cli::Cli;
+use crate::delay::{self, DelayLine};
 use crate::gateway::Target;
 use crate::spaces::{start_agents, LinkTarget, Sources, Space, Transport};
 
-/// A namespace with its veth pair, loss rule and rate limit; deleted on drop.
+/// A namespace with its veth pair (or TUN pair), loss rule and rate limit; deleted on
+/// drop.
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
-    /// This side's veth address: the gateway's agent listener binds it.
+    /// This side's address: the gateway's agent listener binds it.
     pub gateway_ip: IpAddr,
-    /// The namespace's veth address: users reach sources there on the direct path.
+    /// The namespace's address: users reach sources there on the direct path.
     pub space_ip: IpAddr,
     pub loss: f64,
     pub rate_mbit: u32,
+    /// The round trip `--delay` adds, half each way; `None`: a veth pair, no delay.
+    pub delay: Option<Duration>,
+    /// With a delay: the threads carrying packets between the TUN devices.
+    line: Option<DelayLine>,
+    /// The link's device here and its device in the namespace.
+    outer: String,
+    inner: String,
 }
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
@@ -46,7 +58,7 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
 
 impl Netns {
     /// Builds the namespace. Needs root, `ip`, `nft` and `tc`.
-    pub fn create(loss: f64, rate_mbit: u32) -> anyhow::Result<Self> {
+    pub fn create(loss: f64, rate_mbit: u32, delay: Option<Duration>) -> anyhow::Result<Self> {
         if !rustix::process::geteuid().is_root() {
             bail!("--loss needs root: it creates a network namespace, nftables rules and a qdisc");
         }
@@ -55,51 +67,92 @@ impl Netns {
         }
         let pid = std::process::id();
         let net = (pid % 250) as u8 + 1;
-        let me = Self {
+        let mut me = Self {
             name: format!("loadtest-{pid}"),
             gateway_ip: IpAddr::V4(Ipv4Addr::new(10, 213, net, 1)),
             space_ip: IpAddr::V4(Ipv4Addr::new(10, 213, net, 2)),
             loss,
             rate_mbit,
+            delay,
+            line: None,
+            outer: format!("lta{pid}"),
+            inner: format!("ltb{pid}"),
         };
         // From here on, drop removes whatever was made.
         me.build(pid)?;
         Ok(me)
     }
 
-    fn build(&self, pid: u32) -> anyhow::Result<()> {
-        let (outer, inner) = (format!("lta{pid}"), format!("ltb{pid}"));
+    /// Runs `args` inside the namespace.
+    fn exec(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn build(&mut self, pid: u32) -> anyhow::Result<()> {
+        let (outer, inner) = (self.outer.clone(), self.inner.clone());
+        sh(&["ip", "netns", "add", &self.name])?;
+        match self.delay {
+            None => self.veth(&outer, &inner)?,
+            Some(rtt) => self.tun_pair(&outer, &inner, rtt)?,
+        }
+        self.exec(&["ip", "link", "set", "lo", "up"])?;
+        self.loss_rules(pid, &inner)?;
+        self.rate_limit(&outer, &inner)
+    }
+
+    /// A veth pair, `outer` here and `inner` in the namespace, on one /24.
+    fn veth(&self, outer: &str, inner: &str) -> anyhow::Result<()> {
         let ns = self.name.as_str();
-        let exec = |args: &[&str]| {
-            let mut full = vec!["ip", "netns", "exec", ns];
-            full.extend_from_slice(args);
-            sh(&full)
-        };
-        sh(&["ip", "netns", "add", ns])?;
         sh(&[
-            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
         ])?;
-        sh(&["ip", "link", "set", &inner, "netns", ns])?;
+        sh(&["ip", "link", "set", inner, "netns", ns])?;
         sh(&[
             "ip",
             "addr",
             "add",
             &format!("{}/24", self.gateway_ip),
             "dev",
-            &outer,
+            outer,
         ])?;
-        sh(&["ip", "link", "set", &outer, "up"])?;
-        exec(&[
+        sh(&["ip", "link", "set", outer, "up"])?;
+        self.exec(&[
             "ip",
             "addr",
             "add",
             &format!("{}/24", self.space_ip),
             "dev",
-            &inner,
+            inner,
         ])?;
-        exec(&["ip", "link", "set", &inner, "up"])?;
-        exec(&["ip", "link", "set", "lo", "up"])?;
+        self.exec(&["ip", "link", "set", inner, "up"])
+    }
 
+    /// Two TUN devices, `outer` here and `inner` in the namespace, each addressed
+    /// point-to-point to the other's address, and a thread each way that writes what
+    /// one device reads to the other half a round trip later.
+    fn tun_pair(&mut self, outer: &str, inner: &str, rtt: Duration) -> anyhow::Result<()> {
+        let one_way = rtt / 2;
+        let (outer_in, outer_out) = delay::open(outer)?;
+        let (inner_in, inner_out) = delay::open(inner)?;
+        let queue = delay::queue_len(self.rate_mbit, one_way);
+        let mut line = DelayLine::new();
+        line.way("to-spaces", outer_in, inner_out, one_way, queue)?;
+        line.way("from-spaces", inner_in, outer_out, one_way, queue)?;
+        // From here on, drop stops the threads and so closes (and removes) the devices.
+        self.line = Some(line);
+
+        // The open file stays attached to the device when it changes namespace.
+        sh(&["ip", "link", "set", "dev", inner, "netns", &self.name])?;
+        let (here, there) = (self.gateway_ip.to_string(), self.space_ip.to_string());
+        sh(&["ip", "addr", "add", &here, "peer", &there, "dev", outer])?;
+        sh(&["ip", "link", "set", outer, "up"])?;
+        self.exec(&["ip", "addr", "add", &there, "peer", &here, "dev", inner])?;
+        self.exec(&["ip", "link", "set", inner, "up"])
+    }
+
+    fn loss_rules(&self, pid: u32, inner: &str) -> anyhow::Result<()> {
         // Loss: in hundredths of a percent, so that 0.5% works; each way, inside the
         // namespace only, so nothing outside it is touched.
         let cut = (self.loss * 100.0).round() as u32;
@@ -112,10 +165,12 @@ impl Netns {
         );
         let file = std::env::temp_dir().join(format!("loadtest-{pid}.nft"));
         std::fs::write(&file, rules)?;
-        let applied = exec(&["nft", "-f", &file.display().to_string()]);
+        let applied = self.exec(&["nft", "-f", &file.display().to_string()]);
         let _ = std::fs::remove_file(&file);
-        applied?;
+        applied
+    }
 
+    fn rate_limit(&self, outer: &str, inner: &str) -> anyhow::Result<()> {
         // Rate: a token bucket each way; the burst holds a few milliseconds at the rate
         // (at least 32 KiB), the queue at most 50 ms.
         let rate = format!("{}mbit", self.rate_mbit);
@@ -129,16 +184,75 @@ impl Netns {
             .chain(["latency".to_owned(), "50ms".to_owned()])
             .collect()
         };
-        let outer_tbf = tbf(&outer);
+        let outer_tbf = tbf(outer);
         sh(&outer_tbf.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let inner_tbf = tbf(&inner);
-        exec(&inner_tbf.iter().map(String::as_str).collect::<Vec<_>>())?;
-        Ok(())
+        let inner_tbf = tbf(inner);
+        self.exec(&inner_tbf.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// How the link is made, for the report.
+    pub fn describe(&self) -> String {
+        let link = match self.delay {
+            None => "a veth pair".to_owned(),
+            Some(rtt) => format!(
+                "two TUN devices with a {} ms round trip added ({} ms each way, by loadtest's \
+                 forwarding threads)",
+                rtt.as_secs_f64() * 1e3,
+                rtt.as_secs_f64() * 5e2,
+            ),
+        };
+        format!(
+            "lossy: spaces in network namespace {} behind {link}, {}% loss each way \
+             (nftables numgen), {} Mbit/s each way (tbf)",
+            self.name, self.loss, self.rate_mbit
+        )
+    }
+
+    /// With a delay: what the forwarding threads did, including any packet a full queue
+    /// or a device dropped (a TUN device drops when this process reads too slowly).
+    pub fn delay_counts(&self) -> Option<String> {
+        let line = self.line.as_ref()?;
+        let devices = [
+            self.tx_dropped(&self.outer, false),
+            self.tx_dropped(&self.inner, true),
+        ];
+        let ways: Vec<String> = ["to the spaces", "from the spaces"]
+            .iter()
+            .zip(line.counts())
+            .zip(devices)
+            .map(|((way, c), device)| {
+                let device = device.map_or("?".to_owned(), |n| n.to_string());
+                format!(
+                    "{way} {} forwarded, {} dropped by a full delay queue, {device} by the \
+                     TUN device's own queue, {} refused",
+                    c.forwarded.load(Ordering::Relaxed),
+                    c.overflowed.load(Ordering::Relaxed),
+                    c.failed.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        Some(format!("delay: packets {}", ways.join("; ")))
+    }
+
+    /// Packets `dev` dropped on their way out (`ip -s link`), or `None` if unreadable.
+    fn tx_dropped(&self, dev: &str, inside: bool) -> Option<u64> {
+        let mut ip = Command::new("ip");
+        if inside {
+            ip.args(["-n", &self.name]);
+        }
+        let out = ip
+            .args(["-j", "-s", "link", "show", "dev", dev])
+            .output()
+            .ok()?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        links[0]["stats64"]["tx"]["dropped"].as_u64()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // The threads first: they hold the TUN devices, which go when their files close.
+        drop(self.line.take());
         // Deleting the namespace deletes its end of the veth pair, and so the pair.
         let _ = sh(&["ip", "netns", "del", &self.name]);
     }

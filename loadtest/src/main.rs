@@ -10,6 +10,7 @@
 mod cli;
 mod client;
 mod clock;
+mod delay;
 mod frame;
 mod gateway;
 mod lossy;

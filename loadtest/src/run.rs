@@ -27,7 +27,10 @@ enum Host {
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     check(&cli)?;
     let netns = match cli.loss {
-        Some(loss) => Some(crate::lossy::Netns::create(loss, cli.rate.unwrap_or(100))?),
+        Some(loss) => {
+            let rate = cli.rate.unwrap_or(100);
+            Some(crate::lossy::Netns::create(loss, rate, cli.delay())?)
+        }
         None => None,
     };
     let bin = gateway_bin(&cli);
@@ -58,11 +61,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         notes: Vec::new(),
     };
     if let Some(n) = &netns {
-        report.notes.push(format!(
-            "lossy: spaces in network namespace {} behind a veth pair, {}% loss each way \
-             (nftables numgen), {} Mbit/s each way (tbf)",
-            n.name, n.loss, n.rate_mbit
-        ));
+        report.notes.push(n.describe());
     }
     let result = match cli.workload {
         Kind::Idle | Kind::Storm => fleet_phases(&cli, proc.as_mut(), &mut report).await,
@@ -76,6 +75,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     result?;
     if let Some(p) = &proc {
         gateway_warnings(&p.log(), &mut report.notes);
+    }
+    if let Some(counts) = netns.as_ref().and_then(|n| n.delay_counts()) {
+        report.notes.push(counts);
     }
     report.compare();
     println!("{}", report.table());
@@ -246,6 +248,7 @@ fn settings(cli: &Cli) -> serde_json::Value {
         "front": if cli.front == Front::Tls { "tls" } else { "plain" },
         "loss_percent": cli.loss,
         "rate_mbit": cli.rate,
+        "delay_ms": cli.delay,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     })
 }

@@ -105,3 +105,55 @@ fn mixed_measures_the_frames_beside_a_download_against_the_frames_alone() {
         assert!((ratio - want).abs() < 1e-9 * want.max(1.0), "{row:#}");
     }
 }
+
+/// Guards against `--delay` doing nothing: every keystroke's round trip, direct and
+/// through the gateway, crosses the delayed link once each way, so none can be shorter
+/// than the delay. A lower bound only; how much longer depends on the machine. Needs
+/// root, as the lossy mode does: without it the run fails and says so.
+#[test]
+fn a_delay_holds_every_round_trip_to_at_least_the_delay() {
+    let report = run(
+        "interactive",
+        &[
+            "--transport",
+            "tcp",
+            "--loss",
+            "0",
+            "--rate",
+            "100",
+            "--delay",
+            "40",
+        ],
+    );
+    let rows = report["rows"].as_array().unwrap();
+    let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["direct", "gateway/tcp"], "{report:#}");
+    for row in rows {
+        let summary = &row["summary"];
+        assert!(summary["count"].as_u64().unwrap() > 0, "{row:#}");
+        assert_eq!(summary["errors"].as_u64().unwrap(), 0, "{row:#}");
+        let p50 = summary["p50_ms"].as_f64().unwrap();
+        assert!(
+            p50 >= 40.0,
+            "p50 {p50} ms under a 40 ms round trip: {row:#}"
+        );
+    }
+
+    // The namespace and both TUN devices are gone once the run has ended.
+    let notes = report["notes"].to_string();
+    let ns = notes
+        .split_whitespace()
+        .find(|w| w.starts_with("loadtest-"))
+        .unwrap_or_else(|| panic!("no namespace named in {notes}"));
+    let pid = ns.trim_start_matches("loadtest-");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(ns),
+        "{ns} left behind"
+    );
+    let link = Command::new("ip")
+        .args(["link", "show", &format!("lta{pid}")])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "lta{pid} left behind");
+}
