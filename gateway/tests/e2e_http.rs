@@ -156,8 +156,42 @@ fn a_public_port_needs_no_token_and_a_private_one_does(transport: Transport) {
     assert_eq!(status, 401);
 }
 
+/// nginx refuses an upload over its 1 MiB body limit with 413 before it has read the
+/// body; the user must get that answer, not a reset connection.
+fn an_upload_nginx_refuses_early_gets_its_413(transport: Transport) {
+    let s = setup(transport);
+    let token = s.gw.user_token("alice", &["alice--web"]);
+    let body = s.root.path().join("upload.bin");
+    write_random_file(&body, 64 << 20);
+    let url = s.gw.space_url(&format!("alice--web--{}", s.port), "/upload");
+    let auth = format!("Authorization: Bearer {token}");
+    let data = format!("@{}", body.display());
+    let out = curl(
+        &s.gw,
+        &[
+            "--write-out",
+            "\n%{http_code}",
+            "-o",
+            "/dev/null",
+            "-H",
+            &auth,
+            "--data-binary",
+            &data,
+            &url,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim_end().ends_with("413"),
+        "curl: {stdout} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.gw.log()
+    );
+}
+
 on_both_transports!(
     curl_gets_the_page_that_nginx_serves,
+    an_upload_nginx_refuses_early_gets_its_413,
     a_256_mib_download_arrives_with_the_same_sha256,
     three_requests_on_one_keep_alive_connection_all_succeed,
     a_public_port_needs_no_token_and_a_private_one_does,
