@@ -163,7 +163,8 @@ fn an_upload_nginx_refuses_early_gets_its_413(transport: Transport) {
     let token = s.gw.user_token("alice", &["alice--web"]);
     let body = s.root.path().join("upload.bin");
     write_random_file(&body, 64 << 20);
-    let url = s.gw.space_url(&format!("alice--web--{}", s.port), "/upload");
+    let url =
+        s.gw.space_url(&format!("alice--web--{}", s.port), "/upload");
     let auth = format!("Authorization: Bearer {token}");
     let data = format!("@{}", body.display());
     let out = curl(
