@@ -81,6 +81,13 @@ enum LinkEnd {
     Protocol(String),
     #[error("no pong for {0:?}")]
     Silent(Duration),
+    /// Silent on the control stream while the agent's packets kept coming: the link's
+    /// flow-control window is most likely full of data users have not read.
+    #[error(
+        "no pong for {0:?}, though the agent's packets kept coming: users of the space may \
+         have stalled downloads worth the link's window (agents.max_unread_mib_per_link)"
+    )]
+    Blocked(Duration),
 }
 
 impl AgentListener {
@@ -339,6 +346,9 @@ impl AgentListener {
     ) -> Result<(), LinkEnd> {
         let mut heartbeat = Heartbeat::new(self.ping_interval, Instant::now());
         let mut ticker = tokio::time::interval(heartbeat.interval());
+        // Datagrams from the agent by the last tick: more by this one, and yet silence
+        // on the control stream, means the agent is there but its stream cannot pass.
+        let mut datagrams_then = entry.link.datagrams_received();
         loop {
             let outgoing = tokio::select! {
                 msg = control.next() => {
@@ -373,7 +383,18 @@ impl AgentListener {
                     continue;
                 }
                 _ = ticker.tick() => {
-                    heartbeat.on_tick(Instant::now()).map_err(|s| LinkEnd::Silent(s.0))?
+                    let datagrams = entry.link.datagrams_received();
+                    let arriving = datagrams.zip(datagrams_then).is_some_and(|(n, then)| n > then);
+                    datagrams_then = datagrams;
+                    // A cut network or a hung agent sends nothing, not even the
+                    // acknowledgements of our pings, which quinn sends in its process.
+                    heartbeat.on_tick(Instant::now()).map_err(|silent| {
+                        if arriving {
+                            LinkEnd::Blocked(silent.0)
+                        } else {
+                            LinkEnd::Silent(silent.0)
+                        }
+                    })?
                 }
                 _ = entry.link.closed() => return Ok(()),
             };

@@ -482,7 +482,8 @@ fn stalled_downloads_cannot_make_the_gateway_hold_more_than_the_links_budget() {
     );
     let log = gw.log();
     assert!(
-        log.contains("space unregistered space=bob--dl session=2 reason=no pong"),
+        log.contains("space unregistered space=bob--dl session=2 reason=no pong")
+            && log.contains("stalled downloads worth the link's window"),
         "{log}"
     );
     println!("another space served in {:?}", served(&gw, &web));

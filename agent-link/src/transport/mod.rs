@@ -146,6 +146,15 @@ impl Link {
         }
     }
 
+    /// UDP datagrams received from the peer so far, acknowledgements included, where
+    /// the transport counts them (QUIC).
+    pub fn datagrams_received(&self) -> Option<u64> {
+        match self {
+            Self::Quic(conn) => Some(conn.stats().udp_rx.datagrams),
+            Self::Mux(_) => None,
+        }
+    }
+
     /// Identifies the link among this process's links of the same transport.
     pub fn id(&self) -> (TransportKind, u64) {
         match self {
