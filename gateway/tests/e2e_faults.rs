@@ -35,6 +35,19 @@ fn download(gw: &Gateway, url: &str, token: &str, out: &Path, rate: Option<&str>
     cmd
 }
 
+/// `gateway connect` to `port` of alice/dev, with its standard streams piped.
+fn connect_piped(gw: &Gateway, token: &str, port: u16) -> Child {
+    Command::new(gateway_bin())
+        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
+        .args(["connect", "--server", &gw.url(), "--token", token])
+        .args(["--port", &port.to_string(), "alice/dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
@@ -238,15 +251,7 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
     let env = [("KNOT_TCP_PORT", service.to_string())];
     let agent = Agent::start(&gw, transport, "alice", "dev", &env);
     let token = gw.user_token_for("alice", "alice--dev", "tcp");
-    let mut client = Command::new(gateway_bin())
-        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
-        .args(["connect", "--server", &gw.url(), "--token", &token])
-        .args(["--port", &service.to_string(), "alice/dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = connect_piped(&gw, &token, service);
     // The user keeps uploading (up to 256 MiB) while the service answers and closes.
     let mut stdin = client.stdin.take().unwrap();
     let uploader = thread::spawn(move || {
@@ -307,15 +312,7 @@ fn kill_9_agent_mid_stream_makes_gateway_connect_fail(transport: Transport) {
     let env = [("KNOT_TCP_PORT", source.to_string())];
     let mut agent = Agent::start(&gw, transport, "alice", "dev", &env);
     let token = gw.user_token_for("alice", "alice--dev", "tcp");
-    let mut client = Command::new(gateway_bin())
-        .args(["--data-dir", gw.data_dir().to_str().unwrap()])
-        .args(["connect", "--server", &gw.url(), "--token", &token])
-        .args(["--port", &source.to_string(), "alice/dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = connect_piped(&gw, &token, source);
     let mut stdin = client.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let mut stdout = client.stdout.take().unwrap();
