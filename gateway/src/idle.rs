@@ -83,6 +83,11 @@ impl<T> Watched<T> {
     pub fn new(inner: T, activity: Activity) -> Self {
         Self { inner, activity }
     }
+
+    /// The stream inside.
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {

@@ -164,6 +164,11 @@ impl<T> Counted<T> {
             written,
         }
     }
+
+    /// The stream inside.
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use support::servers::{
     answer_then_close_server, echo_after_eof_server, pattern_byte, sha256_file, stream_server,
-    write_random_file, Sshd, TempDir, EARLY_ANSWER, STREAM_BODY,
+    upgrade_answer_then_close_server, upgrade_sink_server, write_random_file, Sshd, TempDir,
+    EARLY_ANSWER, STREAM_BODY,
 };
 use support::{gateway_bin, Agent, Gateway, Transport};
 
@@ -306,6 +307,126 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
     }
 }
 
+/// The same through an HTTP upgrade on the space's web port (the route a VNC page's
+/// websocket takes), which the gateway relays byte for byte.
+fn a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delivered_whole(
+    transport: Transport,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let service = upgrade_answer_then_close_server();
+    let gw = Gateway::start();
+    let env = [("KNOT_HTTP_PORT", service.to_string())];
+    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let token = gw.user_token("alice", &["alice--dev"]);
+    let host = format!("alice--dev--{service}.gateway.localhost");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (head, got, end) = runtime.block_on(async {
+        let tls = support::ws::tls_connect(&gw, &host).await;
+        let (mut from_gw, mut to_gw) = tokio::io::split(tls);
+        let request = format!(
+            "GET /feed HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n"
+        );
+        to_gw.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            match from_gw.read_u8().await {
+                Ok(b) => head.push(b),
+                Err(_) => break,
+            }
+        }
+        // The user keeps uploading (up to 256 MiB) while the service answers and
+        // closes, and reads nothing until the service has closed (as above).
+        let uploader = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..4096 {
+                if to_gw.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(60), from_gw.read_to_end(&mut got))
+            .await
+            .expect("the answer did not end within 60 s");
+        uploader.abort();
+        (String::from_utf8_lossy(&head).into_owned(), got, end)
+    });
+    let log = || format!("gateway:\n{}\nagent:\n{}", gw.log(), agent.log());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}\n{}", log());
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i as u64)),
+        "bytes arrived changed"
+    );
+    // A short answer must end in an error (the connection cut without TLS's
+    // close_notify), never in a clean end.
+    if (got.len() as u64) < EARLY_ANSWER {
+        assert!(
+            end.is_err(),
+            "{} of {EARLY_ANSWER} bytes arrived as if whole\n{}",
+            got.len(),
+            log()
+        );
+    }
+    // Over QUIC all of it must arrive, and end cleanly (see the test above).
+    if transport == Transport::Quic {
+        assert_eq!(
+            got.len() as u64,
+            EARLY_ANSWER,
+            "the answer arrived cut: {end:?}\n{}",
+            log()
+        );
+        assert!(end.is_ok(), "the whole answer ended in {end:?}");
+    }
+}
+
+/// A user whose connection is cut mid-upload through an HTTP upgrade: the space's
+/// service must see its connection reset, not ended as if the upload were whole.
+fn a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end(transport: Transport) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (service, ends) = upgrade_sink_server();
+    let gw = Gateway::start();
+    let env = [("KNOT_HTTP_PORT", service.to_string())];
+    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let token = gw.user_token("alice", &["alice--dev"]);
+    let host = format!("alice--dev--{service}.gateway.localhost");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut tls = support::ws::tls_connect(&gw, &host).await;
+        let request = format!(
+            "GET /upload HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tls.read_u8().await.unwrap());
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101 "),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        tls.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Cut: the connection is reset, with neither TLS's close_notify nor a FIN.
+        tls.get_ref().0.set_zero_linger().unwrap();
+    });
+    let end = ends
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service's connection did not end within 30 s");
+    assert!(
+        !end.starts_with("end-of-file"),
+        "the space's service saw {end} where the user was cut off\ngateway:\n{}\nagent:\n{}",
+        gw.log(),
+        agent.log()
+    );
+}
+
 fn kill_9_agent_mid_stream_makes_gateway_connect_fail(transport: Transport) {
     let source = stream_server();
     let gw = Gateway::start_quick();
@@ -356,4 +477,6 @@ on_both_transports!(
     a_second_agent_takes_the_space_over_and_the_first_stands_by,
     a_raw_tcp_client_that_half_closes_gets_the_whole_reply,
     a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole,
+    a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delivered_whole,
+    a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end,
 );

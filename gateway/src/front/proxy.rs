@@ -1,7 +1,10 @@
 //! HTTP over a stream to a space: one upstream HTTP/1.1 connection per request, with
 //! protocol upgrades (the VNC page's websocket) joined byte for byte.
 
+use agent_link::io::RELAY_BUFFER;
 use agent_link::proto::ClientAddr;
+use agent_link::transport::DataStream;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, Instrument};
 
 use super::auth::{strip_credentials, TOKEN_COOKIE};
@@ -97,6 +101,28 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
 }
 
+/// The upstream connection's transport, as hyper hands it back after a `101`.
+type Upstream = TokioIo<Watched<Counted<DataStream>>>;
+
+/// How long a client whose upload the space refused has to stop sending, once the
+/// space's answer has reached it, before its connection is closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the client's direction of an upgraded connection ended early.
+enum Cut {
+    /// The space took no more of the client's bytes (its service closed while the
+    /// client was still sending): what the space sends is still relayed to its end.
+    Refused(io::Error),
+    /// The client or the link failed: the whole connection is cut.
+    Failed(io::Error),
+}
+
+/// Relays an upgraded connection byte for byte. End-of-file travels in each direction
+/// on its own. A service that answers and closes while the client still sends has its
+/// answer delivered whole, and the client's further bytes are then read and dropped
+/// for a while so that closing its connection does not reset it and take the end of
+/// the answer with it. A failure cuts the stream to the space with a reset, never with
+/// an end-of-file that would pass a cut connection off as a finished one.
 async fn join_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
@@ -106,14 +132,118 @@ async fn join_upgraded(
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => return debug!(error = %e, "upgrade failed"),
     };
+    // hyper gives back the transport it was handed, with what it read past the
+    // response head.
+    let Ok(upstream) = upstream.downcast::<Upstream>() else {
+        return debug!("upgrade failed: the upstream transport is not the space's stream");
+    };
+    let early = upstream.read_buf;
+    let mut space = upstream.io.into_inner();
     let activity = Activity::new();
     let mut client = Watched::new(TokioIo::new(client), activity.clone());
-    let mut upstream = TokioIo::new(upstream);
-    let relay = agent_link::io::relay(&mut client, &mut upstream);
-    match until_idle(relay, &activity, idle).await {
-        Ok(Ok((up, down))) => debug!(bytes_up = up, bytes_down = down, "upgraded connection done"),
-        Ok(Err(e)) => debug!(error = %e, "upgraded connection aborted"),
-        Err(Idle(limit)) => debug!(?limit, "upgraded connection closed: idle"),
+
+    let outcome = relay(&mut client, &mut space, &early, &activity, idle).await;
+    let whole = match outcome {
+        Ok((Ok(up), Ok(down))) => {
+            debug!(bytes_up = up, bytes_down = down, "upgraded connection done");
+            true
+        }
+        Ok((Err(Cut::Refused(e)), Ok(down))) => {
+            debug!(error = %e, bytes_down = down, "the space took no more of the upload; its answer was delivered");
+            linger(&mut client).await;
+            true
+        }
+        Ok((Err(Cut::Failed(e)), _) | (_, Err(e))) => {
+            debug!(error = %e, "upgraded connection cut");
+            false
+        }
+        Err(Idle(limit)) => {
+            debug!(?limit, "upgraded connection closed: idle");
+            false
+        }
+    };
+    if !whole {
+        // The space must see a cut, not an end-of-file (a dropped QUIC stream would
+        // send one).
+        space.inner_mut().inner_mut().reset();
+    }
+}
+
+/// Bytes relayed each way (client to space, space to client), or why a direction
+/// ended early.
+type Relayed = (Result<u64, Cut>, io::Result<u64>);
+
+/// Both directions of an upgraded connection, `early` (bytes the space sent with its
+/// `101`) first; each runs to its end, except that a failure ends both at once.
+async fn relay(
+    client: &mut Watched<TokioIo<hyper::upgrade::Upgraded>>,
+    space: &mut Watched<Counted<DataStream>>,
+    early: &[u8],
+    activity: &Activity,
+    idle: Option<Duration>,
+) -> Result<Relayed, Idle> {
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut space_read, mut space_write) = tokio::io::split(space);
+    let up = async {
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut copied = 0u64;
+        loop {
+            let n = client_read.read(&mut buf).await.map_err(Cut::Failed)?;
+            if n == 0 {
+                break;
+            }
+            space_write
+                .write_all(&buf[..n])
+                .await
+                .map_err(Cut::Refused)?;
+            copied += n as u64;
+        }
+        space_write.shutdown().await.map_err(Cut::Refused)?;
+        Ok(copied)
+    };
+    let down = async {
+        client_write.write_all(early).await?;
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut copied = early.len() as u64;
+        loop {
+            let n = space_read.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            client_write.write_all(&buf[..n]).await?;
+            copied += n as u64;
+        }
+        client_write.shutdown().await?;
+        Ok::<_, io::Error>(copied)
+    };
+    let both = async {
+        tokio::pin!(up, down);
+        tokio::select! {
+            up_done = &mut up => match up_done {
+                Ok(_) | Err(Cut::Refused(_)) => (up_done, down.await),
+                Err(_) => (up_done, Ok(0)),
+            },
+            down_done = &mut down => match down_done {
+                Ok(_) => (up.await, down_done),
+                Err(_) => (Ok(0), down_done),
+            },
+        }
+    };
+    until_idle(both, activity, idle).await
+}
+
+/// Reads and drops what the client still sends, until its end-of-file or for
+/// [`CLOSE_WAIT`] at most.
+async fn linger<T: AsyncRead + Unpin>(client: &mut T) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let drained = tokio::time::timeout(CLOSE_WAIT, async {
+        while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    if drained.await.is_err() {
+        debug!(
+            ?CLOSE_WAIT,
+            "the client was still sending when its connection was closed"
+        );
     }
 }
 

@@ -726,18 +726,88 @@ pub const EARLY_ANSWER: u64 = 5 << 20;
 /// closes without reading the rest, so the client's further bytes meet a reset.
 /// Returns the port.
 pub fn answer_then_close_server() -> u16 {
+    serve_in_thread(answer_then_close)
+}
+
+/// An HTTP service that accepts any request as an upgrade (`101`), then behaves as
+/// [`answer_then_close_server`] on the upgraded connection. Returns the port.
+pub fn upgrade_answer_then_close_server() -> u16 {
     serve_in_thread(|mut conn| {
-        let mut first = [0u8; 1];
-        if conn.read(&mut first).unwrap_or(0) == 0 {
+        if !read_head(&mut conn) {
             return;
         }
-        let answer: Vec<u8> = (0..EARLY_ANSWER).map(pattern_byte).collect();
-        if conn.write_all(&answer).is_err() {
-            return;
+        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
+                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
+        if conn.write_all(switch.as_bytes()).is_ok() {
+            answer_then_close(conn);
         }
-        let _ = conn.shutdown(std::net::Shutdown::Write);
-        thread::sleep(Duration::from_secs(1));
     })
+}
+
+/// An HTTP service that accepts any request as an upgrade (`101`), then reads the
+/// upgraded connection to its end. How each connection ended comes out of the
+/// receiver: `end-of-file after N bytes`, or `KIND after N bytes` for a read error.
+/// Returns the port too.
+pub fn upgrade_sink_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local_addr").port();
+    let (ends, ended) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let ends = ends.clone();
+            thread::spawn(move || {
+                if !read_head(&mut conn) {
+                    return;
+                }
+                let switch = "HTTP/1.1 101 Switching Protocols\r\n\
+                              Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
+                if conn.write_all(switch.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0;
+                let end = loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => break format!("end-of-file after {total} bytes"),
+                        Ok(n) => total += n,
+                        Err(e) => break format!("{:?} after {total} bytes", e.kind()),
+                    }
+                };
+                let _ = ends.send(end);
+            });
+        }
+    });
+    (port, ended)
+}
+
+/// Reads a request head byte by byte, up to its blank line; false if the connection
+/// ended first.
+fn read_head(conn: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Waits for the client's first byte, sends [`EARLY_ANSWER`] bytes of
+/// [`pattern_byte`]s, ends its side and closes a second later with the client's bytes
+/// unread, which resets the connection.
+fn answer_then_close(mut conn: TcpStream) {
+    let mut first = [0u8; 1];
+    if conn.read(&mut first).unwrap_or(0) == 0 {
+        return;
+    }
+    let answer: Vec<u8> = (0..EARLY_ANSWER).map(pattern_byte).collect();
+    if conn.write_all(&answer).is_err() {
+        return;
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    thread::sleep(Duration::from_secs(1));
 }
 
 /// A TCP service that reads until the client's end-of-file, then sends back everything
