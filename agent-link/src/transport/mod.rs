@@ -80,7 +80,7 @@ impl Link {
             Self::Quic(conn) => {
                 let (send, recv) = conn.open_bi().await?;
                 Ok(DataStream {
-                    send: SendHalf::Quic(send),
+                    send: SendHalf::Quic(QuicSend::new(send)),
                     recv: RecvHalf::Quic(recv),
                 })
             }
@@ -94,7 +94,7 @@ impl Link {
             Self::Quic(conn) => {
                 let (send, recv) = conn.accept_bi().await.ok()?;
                 Some(DataStream {
-                    send: SendHalf::Quic(send),
+                    send: SendHalf::Quic(QuicSend::new(send)),
                     recv: RecvHalf::Quic(recv),
                 })
             }
@@ -198,7 +198,7 @@ impl DataStream {
                     StreamClass::Interactive => 1,
                     StreamClass::Bulk => 0,
                 };
-                let _ = s.set_priority(priority);
+                s.set_priority(priority);
             }
             // yamux has no priorities; it sends frames in the order they are written.
             SendHalf::Mux(_) => {}
@@ -209,7 +209,7 @@ impl DataStream {
     /// must get through while data streams are busy.
     pub fn set_control(&mut self) {
         if let SendHalf::Quic(s) = &mut self.send {
-            let _ = s.set_priority(2);
+            s.set_priority(2);
         }
     }
 
@@ -221,11 +221,12 @@ impl DataStream {
     }
 }
 
-/// The sending half of a data stream. Shutdown ends this direction only.
+/// The sending half of a data stream. Shutdown ends this direction only; dropped
+/// without a shutdown, it is reset.
 #[derive(Debug)]
 pub enum SendHalf {
     /// A QUIC send stream.
-    Quic(quinn::SendStream),
+    Quic(QuicSend),
     /// The writing half of a yamux stream.
     Mux(MuxSend),
 }
@@ -234,12 +235,53 @@ impl SendHalf {
     /// Abandons this direction: the peer reads an error, not end-of-file.
     pub fn reset(&mut self) {
         match self {
-            Self::Quic(s) => {
-                let _ = s.reset(1u32.into());
-            }
+            Self::Quic(s) => s.reset(),
             // yamux resets a stream that is dropped before it was closed; the halves
             // are dropped right after this, so nothing more is needed here.
             Self::Mux(_) => {}
+        }
+    }
+}
+
+/// A QUIC send stream that is reset, not finished, when it is dropped before it was
+/// shut down. quinn finishes a dropped stream: the peer would read end-of-file, and a
+/// transfer cut short by a failure on this side would pass for a whole one.
+#[derive(Debug)]
+pub struct QuicSend {
+    inner: quinn::SendStream,
+    /// Shut down or reset: nothing is left to do when it is dropped.
+    ended: bool,
+}
+
+impl QuicSend {
+    fn new(inner: quinn::SendStream) -> Self {
+        Self {
+            inner,
+            ended: false,
+        }
+    }
+
+    /// Writes `chunk` whole, handing quinn the buffer rather than a copy of it.
+    pub async fn write_chunk(&mut self, chunk: bytes::Bytes) -> Result<(), quinn::WriteError> {
+        self.inner.write_chunk(chunk).await
+    }
+
+    /// Sets the stream's priority among the connection's streams (higher first).
+    pub fn set_priority(&mut self, priority: i32) {
+        let _ = self.inner.set_priority(priority);
+    }
+
+    /// Abandons the stream (`RESET_STREAM` with code 1).
+    pub fn reset(&mut self) {
+        self.ended = true;
+        let _ = self.inner.reset(1u32.into());
+    }
+}
+
+impl Drop for QuicSend {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.inner.reset(1u32.into());
         }
     }
 }
@@ -272,21 +314,27 @@ impl AsyncWrite for SendHalf {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(Into::into),
+            Self::Quic(s) => Pin::new(&mut s.inner)
+                .poll_write(cx, buf)
+                .map_err(Into::into),
             Self::Mux(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Quic(s) => Pin::new(s).poll_flush(cx),
+            Self::Quic(s) => Pin::new(&mut s.inner).poll_flush(cx),
             Self::Mux(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Quic(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Quic(s) => {
+                // quinn finishes the stream at once; what was written is still sent.
+                s.ended = true;
+                Pin::new(&mut s.inner).poll_shutdown(cx)
+            }
             Self::Mux(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
