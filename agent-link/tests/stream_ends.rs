@@ -73,7 +73,11 @@ async fn read_all(stream: &mut DataStream) -> (Vec<u8>, std::io::Result<usize>) 
 
 async fn a_stream_dropped_before_its_end_is_a_reset_for_the_peer(pair: Pair) {
     let mut stream = pair.opener.open().await.unwrap();
-    stream.send.write_all(b"the first half of it").await.unwrap();
+    stream
+        .send
+        .write_all(b"the first half of it")
+        .await
+        .unwrap();
     stream.send.flush().await.unwrap();
     let mut accepted = pair.acceptor.accept().await.unwrap();
     drop(stream);
@@ -99,7 +103,12 @@ async fn a_stream_shut_down_then_dropped_delivers_every_byte_and_ends(pair: Pair
     };
     let ((got, end), ()) = tokio::join!(reader, writer);
     assert!(end.is_ok(), "the stream ended in {end:?}");
-    assert!(got == body, "{} of {} bytes arrived, or changed", got.len(), body.len());
+    assert!(
+        got == body,
+        "{} of {} bytes arrived, or changed",
+        got.len(),
+        body.len()
+    );
 }
 
 #[tokio::test]
