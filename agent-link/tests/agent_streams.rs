@@ -5,16 +5,15 @@
 // Helpers outside #[test] functions unwrap too: a failure is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use agent_link::io::{read_frame, send_control, write_frames, ControlReader};
 use agent_link::proto::{
     ClientAddr, ControlMessage, RefuseReason, RequestId, StreamAnswer, StreamClass, StreamOpen,
-    ALPN_QUIC,
 };
-use agent_link::transport::quic::{server_endpoint, LinkTuning};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,18 +70,7 @@ async fn the_agent_refuses_ports_it_does_not_offer_and_garbage_and_keeps_serving
     });
 
     // The pretend gateway: a self-signed certificate the agent pins.
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let fingerprint = agent_link::tls::fingerprint(cert.cert.der());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let mut tls = rustls::ServerConfig::builder_with_provider(agent_link::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    tls.alpn_protocols = vec![ALPN_QUIC.to_vec()];
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let endpoint = server_endpoint(addr, tls, &LinkTuning::gateway(), &[7u8; 32]).unwrap();
+    let (endpoint, fingerprint) = support::gateway_endpoint();
     let port = endpoint.local_addr().unwrap().port();
 
     let _agent = Killed(

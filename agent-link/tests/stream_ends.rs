@@ -5,13 +5,15 @@
 // Helpers outside #[test] functions unwrap too: a failure is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use agent_link::proto::ALPN_QUIC;
 use agent_link::tls::Trust;
 use agent_link::transport::mux::MuxLink;
-use agent_link::transport::quic::{client_endpoint, server_endpoint, LinkTuning};
+use agent_link::transport::quic::{client_endpoint, LinkTuning};
 use agent_link::transport::{DataStream, Link};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,18 +25,7 @@ struct Pair {
 }
 
 async fn quic_pair() -> Pair {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let fingerprint = agent_link::tls::fingerprint(cert.cert.der());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let mut tls = rustls::ServerConfig::builder_with_provider(agent_link::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    tls.alpn_protocols = vec![ALPN_QUIC.to_vec()];
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = server_endpoint(any, tls, &LinkTuning::gateway(), &[7u8; 32]).unwrap();
+    let (server, fingerprint) = support::gateway_endpoint();
     let addr = server.local_addr().unwrap();
     let client_tls = Trust::fingerprint(&fingerprint)
         .unwrap()

@@ -277,6 +277,25 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
     let got = reader.join().unwrap();
     uploader.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let reported_cut = !out.status.success() && stderr.contains("cut");
+    let ending = format!("exit {}: {stderr}", out.status);
+    check_early_answer(transport, &got, reported_cut, &ending, &gw, &agent);
+}
+
+/// What a user must get from [`answer_then_close_server`]: the bytes it sent, unchanged;
+/// if fewer than all of them, a cut reported as one (`reported_cut`); over QUIC all of
+/// them, not reported as cut. Over QUIC the agent's stream window lets it take the
+/// whole answer from the service before the reset. Over yamux the window the agent
+/// starts with is smaller, the service's reset throws away the end of its own answer,
+/// and the user must be told the stream was cut.
+fn check_early_answer(
+    transport: Transport,
+    got: &[u8],
+    reported_cut: bool,
+    ending: &str,
+    gw: &Gateway,
+    agent: &Agent,
+) {
     let log = || format!("gateway:\n{}\nagent:\n{}", gw.log(), agent.log());
     assert!(
         got.iter()
@@ -285,26 +304,48 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
         "bytes arrived changed"
     );
     if (got.len() as u64) < EARLY_ANSWER {
-        // Cut short, which must never pass for the whole answer.
         assert!(
-            !out.status.success() && stderr.contains("cut"),
-            "{} of {EARLY_ANSWER} bytes arrived as if whole: {stderr}\n{}",
+            reported_cut,
+            "{} of {EARLY_ANSWER} bytes arrived as if whole ({ending})\n{}",
             got.len(),
             log()
         );
     }
-    // Over QUIC the agent's stream window lets it take the whole answer from the
-    // service before the reset, so all of it must arrive. Over yamux the window the
-    // agent starts with is smaller, the service's reset throws away the end of its
-    // own answer, and the user is told the stream was cut (above).
     if transport == Transport::Quic {
         assert_eq!(
             got.len() as u64,
             EARLY_ANSWER,
-            "the answer arrived cut: {stderr}\n{}",
+            "the answer arrived cut ({ending})\n{}",
             log()
         );
+        assert!(
+            !reported_cut,
+            "the whole answer was reported cut ({ending})"
+        );
     }
+}
+
+/// A TLS connection through the gateway to `host` (a space's web port) that asked
+/// for an upgrade and got the space's `101`.
+async fn upgraded(
+    gw: &Gateway,
+    host: &str,
+    token: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = support::ws::tls_connect(gw, host).await;
+    let request = format!(
+        "GET /feed HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tls.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}\n{}", gw.log());
+    tls
 }
 
 /// The same through an HTTP upgrade on the space's web port (the route a VNC page's
@@ -320,21 +361,8 @@ fn a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delive
     let token = gw.user_token("alice", &["alice--dev"]);
     let host = format!("alice--dev--{service}.gateway.localhost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (head, got, end) = runtime.block_on(async {
-        let tls = support::ws::tls_connect(&gw, &host).await;
-        let (mut from_gw, mut to_gw) = tokio::io::split(tls);
-        let request = format!(
-            "GET /feed HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-             Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n"
-        );
-        to_gw.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            match from_gw.read_u8().await {
-                Ok(b) => head.push(b),
-                Err(_) => break,
-            }
-        }
+    let (got, end) = runtime.block_on(async {
+        let (mut from_gw, mut to_gw) = tokio::io::split(upgraded(&gw, &host, &token).await);
         // The user keeps uploading (up to 256 MiB) while the service answers and
         // closes, and reads nothing until the service has closed (as above).
         let uploader = tokio::spawn(async move {
@@ -351,42 +379,17 @@ fn a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delive
             .await
             .expect("the answer did not end within 60 s");
         uploader.abort();
-        (String::from_utf8_lossy(&head).into_owned(), got, end)
+        (got, end)
     });
-    let log = || format!("gateway:\n{}\nagent:\n{}", gw.log(), agent.log());
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}\n{}", log());
-    assert!(
-        got.iter()
-            .enumerate()
-            .all(|(i, b)| *b == pattern_byte(i as u64)),
-        "bytes arrived changed"
-    );
-    // A short answer must end in an error (the connection cut without TLS's
-    // close_notify), never in a clean end.
-    if (got.len() as u64) < EARLY_ANSWER {
-        assert!(
-            end.is_err(),
-            "{} of {EARLY_ANSWER} bytes arrived as if whole\n{}",
-            got.len(),
-            log()
-        );
-    }
-    // Over QUIC all of it must arrive, and end cleanly (see the test above).
-    if transport == Transport::Quic {
-        assert_eq!(
-            got.len() as u64,
-            EARLY_ANSWER,
-            "the answer arrived cut: {end:?}\n{}",
-            log()
-        );
-        assert!(end.is_ok(), "the whole answer ended in {end:?}");
-    }
+    // A cut must end in an error (no TLS close_notify), never in a clean end.
+    let ending = format!("{end:?}");
+    check_early_answer(transport, &got, end.is_err(), &ending, &gw, &agent);
 }
 
 /// A user whose connection is cut mid-upload through an HTTP upgrade: the space's
 /// service must see its connection reset, not ended as if the upload were whole.
 fn a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end(transport: Transport) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (service, ends) = upgrade_sink_server();
     let gw = Gateway::start();
     let env = [("KNOT_HTTP_PORT", service.to_string())];
@@ -395,21 +398,7 @@ fn a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end(transport: Tra
     let host = format!("alice--dev--{service}.gateway.localhost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut tls = support::ws::tls_connect(&gw, &host).await;
-        let request = format!(
-            "GET /upload HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-             Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n"
-        );
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tls.read_u8().await.unwrap());
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101 "),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let mut tls = upgraded(&gw, &host, &token).await;
         tls.write_all(&vec![7u8; 1 << 20]).await.unwrap();
         tls.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
