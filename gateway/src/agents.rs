@@ -9,7 +9,7 @@ use agent_link::heartbeat::Heartbeat;
 use agent_link::io::{send_control, ControlReader, ReadError};
 use agent_link::proto::{ControlMessage, RejectReason, Service, ALPN_MUX, PROTOCOL_VERSION};
 use agent_link::transport::mux::MuxLink;
-use agent_link::transport::{Link, RecvHalf, SendHalf};
+use agent_link::transport::{Link, RecvHalf, SendHalf, TransportKind};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -40,6 +40,9 @@ pub struct AgentListener {
     pub max_links: usize,
     /// Links being served now, from accept to close.
     pub links: AtomicUsize,
+    /// Bytes of a link's streams that its users may leave unread
+    /// (`agents.max_unread_mib_per_link`); stalled streams may hold half.
+    pub unread_budget: u64,
 }
 
 /// Counts a link in [`AgentListener::links`] while it lives.
@@ -383,22 +386,61 @@ impl AgentListener {
                     continue;
                 }
                 _ = ticker.tick() => {
+                    let now = Instant::now();
+                    self.cut_stalled(entry, heartbeat.interval());
                     let datagrams = entry.link.datagrams_received();
                     let arriving = datagrams.zip(datagrams_then).is_some_and(|(n, then)| n > then);
                     datagrams_then = datagrams;
-                    // A cut network or a hung agent sends nothing, not even the
-                    // acknowledgements of our pings, which quinn sends in its process.
-                    heartbeat.on_tick(Instant::now()).map_err(|silent| {
-                        if arriving {
-                            LinkEnd::Blocked(silent.0)
-                        } else {
-                            LinkEnd::Silent(silent.0)
+                    match heartbeat.on_tick(now) {
+                        Ok(ping) => ping,
+                        // The agent is there but its stream cannot pass: the link's
+                        // window is full. Every stream whose user is not reading is cut
+                        // to free it, and the link gets another limit's time; with none
+                        // to cut, it is given up.
+                        Err(silent) if arriving => {
+                            let cut = entry.stalls.cut_beyond(Duration::ZERO, 0);
+                            if cut == 0 {
+                                return Err(LinkEnd::Blocked(silent.0));
+                            }
+                            warn!(
+                                cut,
+                                "the link's window was full: cut every stream whose user \
+                                 was not reading"
+                            );
+                            heartbeat.on_message(now);
+                            heartbeat.on_tick(now).map_err(|s| LinkEnd::Blocked(s.0))?
                         }
-                    })?
+                        // A cut network or a hung agent sends nothing, not even the
+                        // acknowledgements of our pings, which quinn sends in its
+                        // process.
+                        Err(silent) => return Err(LinkEnd::Silent(silent.0)),
+                    }
                 }
                 _ = entry.link.closed() => return Ok(()),
             };
             send_control(&mut send, &outgoing).await?;
+        }
+    }
+
+    /// Cuts the streams whose users have not read for `after`, longest first, beyond
+    /// as many as half the link's unread budget holds windows for: users who stop
+    /// reading, strangers on a public port among them, cannot fill the link.
+    fn cut_stalled(&self, entry: &Entry, after: Duration) {
+        let window = match entry.link.kind() {
+            TransportKind::Quic => u64::from(agent_link::transport::quic::STREAM_WINDOW),
+            TransportKind::Tcp => agent_link::transport::mux::STREAM_WINDOW as u64,
+        };
+        let kept = usize::try_from(self.unread_budget / 2 / window)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let cut = entry.stalls.cut_beyond(after, kept);
+        if cut > 0 {
+            info!(
+                cut,
+                kept,
+                "cut streams whose users had not read for {after:?}: more than half the \
+                 link's unread budget (agents.max_unread_mib_per_link) could wait for them"
+            );
         }
     }
 

@@ -26,3 +26,4 @@ pub mod open;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
+pub mod stall;

@@ -17,6 +17,7 @@ use prometheus::IntCounter as Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::registry::Entry;
+use crate::stall::Stall;
 
 /// How long the agent has to answer a stream header. Connecting to a local port is
 /// fast; a slow answer means the link or the agent is in trouble.
@@ -90,6 +91,9 @@ pub struct Opened {
     pub id: RequestId,
     /// Keeps the link's open-stream count; drop it with the stream.
     pub guard: StreamGuard,
+    /// Marks the stream while its user is not reading; cuts it when the link's
+    /// control loop says so.
+    pub stall: Arc<Stall>,
 }
 
 /// Opens a stream to `port` in the space behind `entry` and waits for the agent's
@@ -142,26 +146,30 @@ pub async fn open_stream(
             stream,
             id: request_id,
             guard,
+            stall: entry.stalls.register(),
         }),
         StreamAnswer::Refused { reason, message } => Err(OpenError::Refused { reason, message }),
     }
 }
 
-/// A byte stream that counts what passes through it, for `relayed_bytes`.
+/// A byte stream from a space that counts what passes through it, for
+/// `relayed_bytes`, and marks its [`Stall`] while what it read waits for the user.
 #[derive(Debug)]
 pub struct Counted<T> {
     inner: T,
     read: Counter,
     written: Counter,
+    stall: Arc<Stall>,
 }
 
 impl<T> Counted<T> {
     /// Counts bytes read from `inner` in `read`, and bytes written in `written`.
-    pub fn new(inner: T, read: Counter, written: Counter) -> Self {
+    pub fn new(inner: T, read: Counter, written: Counter, stall: Arc<Stall>) -> Self {
         Self {
             inner,
             read,
             written,
+            stall,
         }
     }
 
@@ -178,9 +186,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.stall.reading();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read.inc_by((buf.filled().len() - before) as u64);
+        let n = buf.filled().len() - before;
+        this.read.inc_by(n as u64);
+        if n > 0 {
+            this.stall.handed();
+        }
         result
     }
 }

@@ -10,6 +10,8 @@ use agent_link::proto::{ControlMessage, Service};
 use agent_link::transport::Link;
 use tokio::sync::mpsc;
 
+use crate::stall::Stalls;
+
 /// A space as users name it: its owner and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpaceKey {
@@ -58,6 +60,8 @@ pub struct Entry {
     pub open_streams: AtomicU64,
     /// The agent process's `Hello.instance` (0: not given).
     pub instance: u64,
+    /// Which streams' users have stopped reading.
+    pub stalls: Stalls,
 }
 
 impl Entry {
@@ -80,6 +84,7 @@ impl Entry {
             rtt_micros: AtomicU64::new(0),
             open_streams: AtomicU64::new(0),
             instance,
+            stalls: Stalls::default(),
         }
     }
 

@@ -111,6 +111,7 @@ pub async fn run(config: Config, reload: Reload) -> anyhow::Result<()> {
         limiter: RateLimiter::new(),
         max_links: config.agents.max_links,
         links: std::sync::atomic::AtomicUsize::new(0),
+        unread_budget: config.agents.max_unread_mib_per_link << 20,
     });
     let front = Arc::new(Front {
         registry: registry.clone(),

@@ -37,6 +37,10 @@ fn split_send_size() -> usize {
         .unwrap_or(SPLIT_SEND_SIZE)
 }
 
+/// Bytes a stream's peer may send ahead of what this end has read: yamux's window,
+/// which it keeps at this size on these links (docs/performance.md says why).
+pub const STREAM_WINDOW: usize = 256 * 1024;
+
 /// Streams allowed on one link at once (user connections into one space). yamux
 /// requires the connection window to cover 256 KiB for each.
 const MAX_STREAMS: usize = 4096;
@@ -88,7 +92,7 @@ impl MuxLink {
         let mut config = Config::default();
         config.set_split_send_size(split_send_size());
         config.set_max_num_streams(MAX_STREAMS);
-        config.set_max_connection_receive_window(Some(MAX_STREAMS * 256 * 1024));
+        config.set_max_connection_receive_window(Some(MAX_STREAMS * STREAM_WINDOW));
         let mode = if server { Mode::Server } else { Mode::Client };
         // yamux writes each frame as two writes, header then body, and flushes after
         // every frame; straight onto TLS that is two records and two system calls per

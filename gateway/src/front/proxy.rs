@@ -20,6 +20,7 @@ use super::reply::{self, Body};
 use crate::idle::{until_idle, Activity, Idle, Watched};
 use crate::metrics::Metrics;
 use crate::open::{Counted, Opened};
+use crate::stall::Stall;
 
 /// Sends `req` to the space over `stream` and returns the space's response.
 pub(super) async fn forward(
@@ -32,9 +33,19 @@ pub(super) async fn forward(
 ) -> Response<Body> {
     // The guard counts the stream as open until both the connection task and, after an
     // upgrade, the joined relay are done with it.
-    let Opened { stream, guard, .. } = opened;
+    let Opened {
+        stream,
+        guard,
+        stall,
+        ..
+    } = opened;
     let guard = Arc::new(guard);
-    let stream = Counted::new(stream, metrics.from_space.clone(), metrics.to_space.clone());
+    let stream = Counted::new(
+        stream,
+        metrics.from_space.clone(),
+        metrics.to_space.clone(),
+        stall.clone(),
+    );
     // A space's service that stops answering mid-request (or never starts) is cut after
     // the idle limit like any relayed connection, so it cannot hold a stream forever.
     let activity = Activity::new();
@@ -58,12 +69,18 @@ pub(super) async fn forward(
         }
     };
     let conn_guard = guard.clone();
+    let conn_stall = stall.clone();
     tokio::spawn(
         async move {
-            match until_idle(conn.with_upgrades(), &activity, idle).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(error = %e, "upstream connection failed"),
-                Err(Idle(limit)) => debug!(?limit, "upstream connection closed: idle"),
+            tokio::select! {
+                done = until_idle(conn.with_upgrades(), &activity, idle) => match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "upstream connection failed"),
+                    Err(Idle(limit)) => debug!(?limit, "upstream connection closed: idle"),
+                },
+                // Dropping the connection resets the stream; the user's response is
+                // cut, not ended.
+                () = conn_stall.cut() => debug!("upstream connection cut: its user had stopped reading"),
             }
             drop(conn_guard);
         }
@@ -86,7 +103,7 @@ pub(super) async fn forward(
             let guard = guard.clone();
             tokio::spawn(
                 async move {
-                    join_upgraded(client_upgrade, upstream, idle).await;
+                    join_upgraded(client_upgrade, upstream, idle, &stall).await;
                     drop(guard);
                 }
                 .in_current_span(),
@@ -127,6 +144,7 @@ async fn join_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle: Option<Duration>,
+    stall: &Stall,
 ) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
@@ -142,7 +160,13 @@ async fn join_upgraded(
     let activity = Activity::new();
     let mut client = Watched::new(TokioIo::new(client), activity.clone());
 
-    let outcome = relay(&mut client, &mut space, &early, &activity, idle).await;
+    let outcome = tokio::select! {
+        outcome = relay(&mut client, &mut space, &early, &activity, idle) => outcome,
+        () = stall.cut() => {
+            debug!("upgraded connection cut: its user had stopped reading");
+            return space.inner_mut().inner_mut().reset();
+        }
+    };
     let whole = match outcome {
         Ok((Ok(up), Ok(down))) => {
             debug!(bytes_up = up, bytes_down = down, "upgraded connection done");

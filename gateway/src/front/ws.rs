@@ -26,6 +26,7 @@ use super::Limits;
 use crate::idle::{until_idle, Activity, Idle};
 use crate::metrics::Metrics;
 use crate::open::Opened;
+use crate::stall::Stall;
 use std::sync::Arc;
 
 /// Buffer for reads from the space; each read becomes one binary message.
@@ -102,8 +103,13 @@ pub(super) fn accept(
         async move {
             match upgrade.await {
                 Ok(upgraded) => {
-                    let Opened { stream, guard, .. } = opened;
-                    relay(upgraded, stream, &metrics, limits, stop).await;
+                    let Opened {
+                        stream,
+                        guard,
+                        stall,
+                        ..
+                    } = opened;
+                    relay(upgraded, stream, &stall, &metrics, limits, stop).await;
                     drop(guard);
                 }
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
@@ -159,6 +165,7 @@ enum Cut {
 async fn relay(
     upgraded: hyper::upgrade::Upgraded,
     stream: DataStream,
+    stall: &Stall,
     metrics: &Metrics,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -207,12 +214,14 @@ async fn relay(
     let downstream = async {
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
+            stall.reading();
             match recv.read(&mut buf).await {
                 Ok(0) => {
                     let _ = sink.send(Message::Binary(Bytes::new())).await;
                     break Ok(Ended::HalfClose);
                 }
                 Ok(n) => {
+                    stall.handed();
                     metrics.from_space.inc_by(n as u64);
                     activity.moved(n);
                     if let Err(e) = sink
@@ -251,10 +260,18 @@ async fn relay(
         }
     };
     let outcome = tokio::select! {
-        outcome = until_idle(both, &activity, limits.idle) => Some(outcome),
+        outcome = until_idle(both, &activity, limits.idle) => Some(Some(outcome)),
         () = stopped => None,
+        () = stall.cut() => Some(None),
     };
     let (code, reason) = match outcome {
+        Some(None) => {
+            debug!("websocket relay cut: its user had stopped reading");
+            (
+                CloseCode::Again,
+                "cut: you had stopped reading while the space's link was full".to_owned(),
+            )
+        }
         None => {
             debug!("websocket relay stopped: the gateway is shutting down");
             (
@@ -262,11 +279,11 @@ async fn relay(
                 "the gateway is shutting down; reconnect".to_owned(),
             )
         }
-        Some(Ok((Ok(up), Ok(down)))) => {
+        Some(Some(Ok((Ok(up), Ok(down))))) => {
             debug!(?up, ?down, "websocket relay done");
             (CloseCode::Normal, String::new())
         }
-        Some(Ok((up, down))) => {
+        Some(Some(Ok((up, down)))) => {
             debug!(?up, ?down, "websocket relay aborted");
             match (up, down) {
                 (Err(Cut::TooBig), _) => (
@@ -284,7 +301,7 @@ async fn relay(
                 _ => (CloseCode::Error, "stream cut".to_owned()),
             }
         }
-        Some(Err(Idle(limit))) => {
+        Some(Some(Err(Idle(limit)))) => {
             debug!(?limit, "websocket relay idle");
             (
                 CloseCode::Away,
