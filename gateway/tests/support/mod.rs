@@ -27,14 +27,22 @@ pub fn gateway_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
 }
 
-/// The `agent-link` binary, built beside `gateway` by the same workspace build.
+/// The `agent-link` binary beside `gateway`. `cargo test -p gateway` builds only the
+/// gateway, so the first call in each test process builds the agent too (in the same
+/// profile), and a changed agent is never tested stale.
 pub fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let path = gateway_bin().with_file_name("agent-link");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        path.display()
-    );
+    BUILT.call_once(|| {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "agent-link", "--bin", "agent-link"]);
+        if path.parent().is_some_and(|dir| dir.ends_with("release")) {
+            build.arg("--release");
+        }
+        let built = build.status().expect("cargo runs");
+        assert!(built.success(), "cargo build -p agent-link failed");
+    });
+    assert!(path.exists(), "{} is missing", path.display());
     path
 }
 
