@@ -1,8 +1,11 @@
 //! `gateway connect`: standard input and output over a space's SSH (or TCP) websocket,
 //! for OpenSSH's `ProxyCommand`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_link::tls::Trust;
 use anyhow::{bail, Context};
@@ -129,6 +132,9 @@ where
     };
     let (mut sink, mut source) = ws.split();
 
+    // Set when the space has ended its side (below).
+    let space_ended = AtomicBool::new(false);
+
     // Standard input to the space; end-of-file is sent as an empty message so that the
     // space sees a half-close and can still answer.
     let upstream = async {
@@ -136,22 +142,32 @@ where
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = stdin.read(&mut buf).await?;
-            sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
-                .await?;
+            let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+            send_while_taken(&mut sink, message, &space_ended).await?;
             if n == 0 {
                 return anyhow::Ok(());
             }
         }
     };
 
-    // The space to standard output. The space's end-of-file (an empty message) or a
-    // Close ends the session, as a TCP client ends when its server closes: OpenSSH
-    // then sees its ProxyCommand's output end and exits instead of hanging.
+    // The space to standard output. The space's end-of-file (an empty message) closes
+    // standard output, so that whatever reads it sees the end (OpenSSH then exits and
+    // closes our input), while standard input goes on to the space until its own end:
+    // a service that answers early and reads on gets the whole upload. Typed input is
+    // the exception: a person at a terminal expects the session to end with the
+    // space's. The gateway's Close ends the session.
+    let interactive = std::io::stdin().is_terminal();
     let downstream = async {
         let mut stdout = tokio::io::stdout();
         while let Some(msg) = source.next().await {
             match msg? {
-                Message::Binary(b) if b.is_empty() => break,
+                Message::Binary(b) if b.is_empty() && interactive => break,
+                Message::Binary(b) if b.is_empty() => {
+                    space_ended.store(true, Ordering::Relaxed);
+                    stdout.flush().await?;
+                    let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+                    rustix::stdio::dup2_stdout(&null).context("close standard output")?;
+                }
                 Message::Binary(b) => {
                     stdout.write_all(&b).await?;
                     stdout.flush().await?;
@@ -175,13 +191,51 @@ where
     };
 
     // The gateway closes the websocket once both directions are over, which ends
-    // `downstream`; standard input may still be open then, so that is the end.
+    // `downstream`; standard input may still be open then (a service that closed
+    // altogether), so that is the end.
     tokio::pin!(upstream, downstream);
     tokio::select! {
         down = &mut downstream => down,
         up = &mut upstream => {
             up?;
             downstream.await
+        }
+    }
+}
+
+/// How long the upload may make no progress after the space has ended its side.
+const UPLOAD_STALL: Duration = Duration::from_secs(10);
+
+/// Sends `message`. Once the space has ended its side (`space_ended`), a service that
+/// reads on takes the upload, but one that has closed altogether may never say so
+/// (over a TLS/TCP link the agent has no way to stop the gateway's sending), so an
+/// upload that makes no progress for [`UPLOAD_STALL`] then is given up, loudly.
+async fn send_while_taken<S>(
+    sink: &mut S,
+    message: Message,
+    space_ended: &AtomicBool,
+) -> anyhow::Result<()>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let send = sink.send(message);
+    tokio::pin!(send);
+    let mut stalled = Duration::ZERO;
+    let tick = Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout(tick, &mut send).await {
+            Ok(sent) => return Ok(sent?),
+            Err(_) if space_ended.load(Ordering::Relaxed) => {
+                stalled += tick;
+                if stalled >= UPLOAD_STALL {
+                    bail!(
+                        "the space ended its side of the connection and took none of the \
+                         upload for {} s; the rest was not sent",
+                        UPLOAD_STALL.as_secs()
+                    );
+                }
+            }
+            Err(_) => {}
         }
     }
 }

@@ -16,9 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::servers::{
-    answer_then_close_server, echo_after_eof_server, pattern_byte, sha256_file, stream_server,
-    upgrade_answer_then_close_server, upgrade_sink_server, write_random_file, Sshd, TempDir,
-    EARLY_ANSWER, STREAM_BODY,
+    answer_then_close_server, echo_after_eof_server, half_close_then_read_server, pattern_byte,
+    sha256_file, stream_server, upgrade_answer_then_close_server,
+    upgrade_half_close_then_read_server, upgrade_sink_server, write_random_file, Sshd, TempDir,
+    EARLY_ANSWER, HALF_CLOSE_ANSWER, STREAM_BODY,
 };
 use support::{gateway_bin, Agent, Gateway, Transport};
 
@@ -282,6 +283,91 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
     check_early_answer(transport, &got, reported_cut, &ending, &gw, &agent);
 }
 
+/// A service that answers, ends its side and goes on reading: the user's upload after
+/// that still reaches it whole, as over a direct TCP connection, and the session ends
+/// well once the upload has.
+fn a_service_that_answers_and_half_closes_gets_the_whole_upload(transport: Transport) {
+    const UPLOAD: usize = 8 << 20;
+    let (service, ends) = half_close_then_read_server();
+    let gw = Gateway::start();
+    let env = [("KNOT_TCP_PORT", service.to_string())];
+    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let token = gw.user_token_for("alice", "alice--dev", "tcp");
+    let mut client = connect_piped(&gw, &token, service);
+    let mut stdin = client.stdin.take().unwrap();
+    let uploader = thread::spawn(move || {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..UPLOAD / chunk.len() {
+            std::io::Write::write_all(&mut stdin, &chunk)?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut stdout = client.stdout.take().unwrap();
+    let mut got = Vec::new();
+    stdout.read_to_end(&mut got).unwrap();
+    let out = wait_with_limit(client, Duration::from_secs(60));
+    let uploaded = uploader.join().unwrap();
+    let log = || format!("gateway:\n{}\nagent:\n{}", gw.log(), agent.log());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(got, [b'A'; HALF_CLOSE_ANSWER], "{stderr}\n{}", log());
+    assert!(
+        uploaded.is_ok() && out.status.success(),
+        "upload {uploaded:?}, exit {}: {stderr}\n{}",
+        out.status,
+        log()
+    );
+    let end = ends.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        end,
+        format!("end-of-file after {UPLOAD} bytes"),
+        "{}",
+        log()
+    );
+}
+
+/// The same through an HTTP upgrade: after the space's end (TLS close_notify), the
+/// client's upload still reaches the service whole.
+fn a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload(transport: Transport) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPLOAD: usize = 8 << 20;
+    let (service, ends) = upgrade_half_close_then_read_server();
+    let gw = Gateway::start();
+    let env = [("KNOT_HTTP_PORT", service.to_string())];
+    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let token = gw.user_token("alice", &["alice--dev"]);
+    let host = format!("alice--dev--{service}.gateway.localhost");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (got, end, uploaded) = runtime.block_on(async {
+        let (mut from_gw, mut to_gw) = tokio::io::split(upgraded(&gw, &host, &token).await);
+        let mut got = Vec::new();
+        let end = from_gw.read_to_end(&mut got).await;
+        // Only now, after the space's end, the upload.
+        let uploaded = async {
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..UPLOAD / chunk.len() {
+                to_gw.write_all(&chunk).await?;
+            }
+            to_gw.shutdown().await
+        }
+        .await;
+        (got, end, uploaded)
+    });
+    let log = || format!("gateway:\n{}\nagent:\n{}", gw.log(), agent.log());
+    assert_eq!(got, [b'A'; HALF_CLOSE_ANSWER], "{end:?}\n{}", log());
+    assert!(
+        end.is_ok() && uploaded.is_ok(),
+        "{end:?} {uploaded:?}\n{}",
+        log()
+    );
+    let end = ends.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        end,
+        format!("end-of-file after {UPLOAD} bytes"),
+        "{}",
+        log()
+    );
+}
+
 /// What a user must get from [`answer_then_close_server`]: the bytes it sent, unchanged;
 /// if fewer than all of them, a cut reported as one (`reported_cut`); over QUIC all of
 /// them, not reported as cut. Over QUIC the agent's stream window lets it take the
@@ -468,4 +554,6 @@ on_both_transports!(
     a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole,
     a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delivered_whole,
     a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end,
+    a_service_that_answers_and_half_closes_gets_the_whole_upload,
+    a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload,
 );

@@ -35,7 +35,14 @@ pub fn agent_bin() -> PathBuf {
     let path = gateway_bin().with_file_name("agent-link");
     BUILT.call_once(|| {
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--quiet", "-p", "agent-link", "--bin", "agent-link"]);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "agent-link",
+            "--bin",
+            "agent-link",
+        ]);
         if path.parent().is_some_and(|dir| dir.ends_with("release")) {
             build.arg("--release");
         }

@@ -745,10 +745,46 @@ pub fn upgrade_answer_then_close_server() -> u16 {
 }
 
 /// An HTTP service that accepts any request as an upgrade (`101`), then reads the
-/// upgraded connection to its end. How each connection ended comes out of the
-/// receiver: `end-of-file after N bytes`, or `KIND after N bytes` for a read error.
-/// Returns the port too.
+/// upgraded connection to its end; how each connection ended comes out of the
+/// receiver (see [`reporting_server`]). Returns the port too.
 pub fn upgrade_sink_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    reporting_server(|conn| {
+        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
+                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
+        read_head(conn) && conn.write_all(switch.as_bytes()).is_ok()
+    })
+}
+
+/// A TCP service that answers at once with [`HALF_CLOSE_ANSWER`] bytes of `A`, ends
+/// its side, and reads what the client sends to its end; how each connection ended
+/// comes out of the receiver (see [`reporting_server`]). Returns the port too.
+pub fn half_close_then_read_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    reporting_server(|conn| {
+        conn.write_all(&[b'A'; HALF_CLOSE_ANSWER]).is_ok()
+            && conn.shutdown(std::net::Shutdown::Write).is_ok()
+    })
+}
+
+/// [`half_close_then_read_server`] behind an HTTP upgrade: it accepts any request
+/// with a `101` first. Returns the port and the receiver.
+pub fn upgrade_half_close_then_read_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    reporting_server(|conn| {
+        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
+                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
+        read_head(conn)
+            && conn.write_all(switch.as_bytes()).is_ok()
+            && conn.write_all(&[b'A'; HALF_CLOSE_ANSWER]).is_ok()
+            && conn.shutdown(std::net::Shutdown::Write).is_ok()
+    })
+}
+
+/// Bytes of every [`half_close_then_read_server`] answer.
+pub const HALF_CLOSE_ANSWER: usize = 1024;
+
+/// A service that runs `start` on each connection, then reads it to its end and
+/// sends how it ended: `end-of-file after N bytes`, or `KIND after N bytes` for a read
+/// error.
+fn reporting_server(start: fn(&mut TcpStream) -> bool) -> (u16, std::sync::mpsc::Receiver<String>) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     let port = listener.local_addr().expect("local_addr").port();
     let (ends, ended) = std::sync::mpsc::channel();
@@ -756,12 +792,7 @@ pub fn upgrade_sink_server() -> (u16, std::sync::mpsc::Receiver<String>) {
         for mut conn in listener.incoming().flatten() {
             let ends = ends.clone();
             thread::spawn(move || {
-                if !read_head(&mut conn) {
-                    return;
-                }
-                let switch = "HTTP/1.1 101 Switching Protocols\r\n\
-                              Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
-                if conn.write_all(switch.as_bytes()).is_err() {
+                if !start(&mut conn) {
                     return;
                 }
                 let mut buf = vec![0u8; 64 * 1024];
