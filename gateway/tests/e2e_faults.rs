@@ -37,6 +37,14 @@ fn download(gw: &Gateway, url: &str, token: &str, out: &Path, rate: Option<&str>
     cmd
 }
 
+/// A gateway, and alice's agent for her space `dev` over `transport`, offering `port`
+/// as the service that the `KNOT_*` variable `var` names.
+fn space_offering(transport: Transport, var: &str, port: u16) -> (Gateway, Agent) {
+    let gw = Gateway::start();
+    let agent = Agent::start(&gw, transport, "alice", "dev", &[(var, port.to_string())]);
+    (gw, agent)
+}
+
 /// `gateway connect` to `port` of alice/dev, with its standard streams piped.
 fn connect_piped(gw: &Gateway, token: &str, port: u16) -> Child {
     Command::new(gateway_bin())
@@ -249,9 +257,7 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
     transport: Transport,
 ) {
     let service = answer_then_close_server();
-    let gw = Gateway::start();
-    let env = [("KNOT_TCP_PORT", service.to_string())];
-    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let (gw, agent) = space_offering(transport, "KNOT_TCP_PORT", service);
     let token = gw.user_token_for("alice", "alice--dev", "tcp");
     let mut client = connect_piped(&gw, &token, service);
     // The user keeps uploading (up to 256 MiB) while the service answers and closes.
@@ -289,9 +295,7 @@ fn a_service_that_answers_and_closes_mid_upload_has_its_answer_delivered_whole(
 fn a_service_that_answers_and_half_closes_gets_the_whole_upload(transport: Transport) {
     const UPLOAD: usize = 8 << 20;
     let (service, ends) = half_close_then_read_server();
-    let gw = Gateway::start();
-    let env = [("KNOT_TCP_PORT", service.to_string())];
-    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let (gw, agent) = space_offering(transport, "KNOT_TCP_PORT", service);
     let token = gw.user_token_for("alice", "alice--dev", "tcp");
     let mut client = connect_piped(&gw, &token, service);
     let mut stdin = client.stdin.take().unwrap();
@@ -316,13 +320,7 @@ fn a_service_that_answers_and_half_closes_gets_the_whole_upload(transport: Trans
         out.status,
         log()
     );
-    let end = ends.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        end,
-        format!("end-of-file after {UPLOAD} bytes"),
-        "{}",
-        log()
-    );
+    the_service_read_the_whole_upload(&ends, UPLOAD, &log());
 }
 
 /// The same through an HTTP upgrade: after the space's end (TLS close_notify), the
@@ -331,9 +329,7 @@ fn a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload(trans
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const UPLOAD: usize = 8 << 20;
     let (service, ends) = upgrade_half_close_then_read_server();
-    let gw = Gateway::start();
-    let env = [("KNOT_HTTP_PORT", service.to_string())];
-    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let (gw, agent) = space_offering(transport, "KNOT_HTTP_PORT", service);
     let token = gw.user_token("alice", &["alice--dev"]);
     let host = format!("alice--dev--{service}.gateway.localhost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -359,13 +355,17 @@ fn a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload(trans
         "{end:?} {uploaded:?}\n{}",
         log()
     );
+    the_service_read_the_whole_upload(&ends, UPLOAD, &log());
+}
+
+/// The service behind `ends` read `upload` bytes and then end-of-file.
+fn the_service_read_the_whole_upload(
+    ends: &std::sync::mpsc::Receiver<String>,
+    upload: usize,
+    log: &str,
+) {
     let end = ends.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        end,
-        format!("end-of-file after {UPLOAD} bytes"),
-        "{}",
-        log()
-    );
+    assert_eq!(end, format!("end-of-file after {upload} bytes"), "{log}");
 }
 
 /// What a user must get from [`answer_then_close_server`]: the bytes it sent, unchanged;
@@ -441,9 +441,7 @@ fn a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delive
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let service = upgrade_answer_then_close_server();
-    let gw = Gateway::start();
-    let env = [("KNOT_HTTP_PORT", service.to_string())];
-    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let (gw, agent) = space_offering(transport, "KNOT_HTTP_PORT", service);
     let token = gw.user_token("alice", &["alice--dev"]);
     let host = format!("alice--dev--{service}.gateway.localhost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -477,9 +475,7 @@ fn a_service_that_answers_an_upgrade_and_closes_mid_upload_has_its_answer_delive
 fn a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end(transport: Transport) {
     use tokio::io::AsyncWriteExt;
     let (service, ends) = upgrade_sink_server();
-    let gw = Gateway::start();
-    let env = [("KNOT_HTTP_PORT", service.to_string())];
-    let agent = Agent::start(&gw, transport, "alice", "dev", &env);
+    let (gw, agent) = space_offering(transport, "KNOT_HTTP_PORT", service);
     let token = gw.user_token("alice", &["alice--dev"]);
     let host = format!("alice--dev--{service}.gateway.localhost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
