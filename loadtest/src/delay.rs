@@ -299,7 +299,8 @@ mod tests {
         for i in 0u8..10 {
             send.send(&[i]).unwrap();
         }
-        // Four wait in the queue, and the writer may hold one more while it sleeps.
+        // Four wait in the queue, and the writer may hold one more while it sleeps:
+        // whichever packet arrived once it had taken the first from the queue.
         recv.set_read_timeout(Some(Duration::from_millis(800)))
             .unwrap();
         let mut got = Vec::new();
@@ -310,8 +311,8 @@ mod tests {
         }
         assert!(matches!(got.len(), 4 | 5), "{got:?}");
         assert!(
-            got.iter().copied().eq(0..got.len() as u8),
-            "in order: {got:?}"
+            got.starts_with(&[0, 1, 2, 3]) && got.windows(2).all(|w| w[0] < w[1]),
+            "the first four, then at most one later packet, in order: {got:?}"
         );
         let counts = line.counts().next().unwrap();
         let dropped = counts.overflowed.load(Ordering::Relaxed);
