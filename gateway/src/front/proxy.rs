@@ -53,6 +53,7 @@ pub(super) async fn forward(
     // 1. Take the client's upgrade future before the request is moved upstream; it
     //    resolves once our 101 response has been written to the client.
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let version = req.version();
     strip_credentials(&mut req);
     add_forwarded(&mut req, client, tls);
 
@@ -111,6 +112,11 @@ pub(super) async fn forward(
         }
     }
     drop_gateway_cookies(resp.headers_mut());
+    // The client's HTTP version, not the service's: an HTTP/1.0 service's body of
+    // unknown length then reaches an HTTP/1.1 client chunked, so that a cut is seen as
+    // one. Ended by the connection's close instead, a cut would look like the end to
+    // clients that accept a TLS connection closed without close_notify (curl does).
+    *resp.version_mut() = version;
     resp.map(|body| body.boxed())
 }
 

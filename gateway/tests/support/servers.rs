@@ -677,7 +677,7 @@ pub fn pattern_byte(offset: u64) -> u8 {
     (offset % 251) as u8
 }
 
-/// An HTTP service whose every response is `STREAM_BODY` bytes of [`pattern_byte`]s with
+/// An HTTP/1.0 service whose every response is `STREAM_BODY` bytes of [`pattern_byte`]s with
 /// neither a length nor chunking: the body ends when the connection does, so only a
 /// reset can tell a cut body from a whole one. Returns the port.
 pub fn stream_server() -> u16 {
@@ -694,7 +694,7 @@ pub fn stream_server() -> u16 {
         for (i, b) in body.iter_mut().enumerate() {
             *b = pattern_byte(i as u64);
         }
-        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
         let mut left = STREAM_BODY;
         while left > 0 {
             let n = left.min(body.len() as u64) as usize;
