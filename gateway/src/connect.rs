@@ -3,9 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use agent_link::tls::Trust;
 use anyhow::{bail, Context};
@@ -132,9 +130,6 @@ where
     };
     let (mut sink, mut source) = ws.split();
 
-    // Set when the space has ended its side (below).
-    let space_ended = AtomicBool::new(false);
-
     // Standard input to the space; end-of-file is sent as an empty message so that the
     // space sees a half-close and can still answer.
     let upstream = async {
@@ -142,8 +137,8 @@ where
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = stdin.read(&mut buf).await?;
-            let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-            send_while_taken(&mut sink, message, &space_ended).await?;
+            sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                .await?;
             if n == 0 {
                 return anyhow::Ok(());
             }
@@ -163,7 +158,6 @@ where
             match msg? {
                 Message::Binary(b) if b.is_empty() && interactive => break,
                 Message::Binary(b) if b.is_empty() => {
-                    space_ended.store(true, Ordering::Relaxed);
                     stdout.flush().await?;
                     let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
                     rustix::stdio::dup2_stdout(&null).context("close standard output")?;
@@ -199,43 +193,6 @@ where
         up = &mut upstream => {
             up?;
             downstream.await
-        }
-    }
-}
-
-/// How long the upload may make no progress after the space has ended its side.
-const UPLOAD_STALL: Duration = Duration::from_secs(10);
-
-/// Sends `message`. Once the space has ended its side (`space_ended`), a service that
-/// reads on takes the upload, but one that has closed altogether may never say so
-/// (over a TLS/TCP link the agent has no way to stop the gateway's sending), so an
-/// upload that makes no progress for [`UPLOAD_STALL`] then is given up, loudly.
-async fn send_while_taken<S>(
-    sink: &mut S,
-    message: Message,
-    space_ended: &AtomicBool,
-) -> anyhow::Result<()>
-where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let send = sink.send(message);
-    tokio::pin!(send);
-    let mut stalled = Duration::ZERO;
-    let tick = Duration::from_secs(1);
-    loop {
-        match tokio::time::timeout(tick, &mut send).await {
-            Ok(sent) => return Ok(sent?),
-            Err(_) if space_ended.load(Ordering::Relaxed) => {
-                stalled += tick;
-                if stalled >= UPLOAD_STALL {
-                    bail!(
-                        "the space ended its side of the connection and took none of the \
-                         upload for {} s; the rest was not sent",
-                        UPLOAD_STALL.as_secs()
-                    );
-                }
-            }
-            Err(_) => {}
         }
     }
 }

@@ -127,6 +127,50 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+/// How long an upload may make no progress once the space has ended its side.
+pub const UPLOAD_STALL: Duration = Duration::from_secs(20);
+
+/// Writes all of `buf` to the space. Once the space has ended its side (`space_ended`),
+/// a service that reads on still takes the upload, but one that has closed altogether
+/// may never say so: over a TLS/TCP link the agent cannot tell the gateway to stop
+/// sending, and the write waits for room forever. So a write that makes no progress
+/// for [`UPLOAD_STALL`] then fails (`TimedOut`), and the user is told.
+pub async fn write_all_while_taken<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    space_ended: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const TICK: Duration = Duration::from_secs(1);
+    while !buf.is_empty() {
+        let mut stalled = Duration::ZERO;
+        let n = loop {
+            // A pending write has written nothing, so it may be dropped and retried.
+            match tokio::time::timeout(TICK, w.write(buf)).await {
+                Ok(written) => break written?,
+                Err(_) if space_ended.load(Ordering::Relaxed) => {
+                    stalled += TICK;
+                    if stalled >= UPLOAD_STALL {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the space ended its side and took none of the upload for {} s",
+                                UPLOAD_STALL.as_secs()
+                            ),
+                        ));
+                    }
+                }
+                Err(_) => {}
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use support::servers::{
     answer_then_close_server, echo_after_eof_server, half_close_then_read_server, pattern_byte,
-    sha256_file, stream_server, upgrade_answer_then_close_server,
+    read_some_then_close_server, sha256_file, stream_server, upgrade_answer_then_close_server,
     upgrade_half_close_then_read_server, upgrade_sink_server, write_random_file, Sshd, TempDir,
     EARLY_ANSWER, HALF_CLOSE_ANSWER, STREAM_BODY,
 };
@@ -358,6 +358,29 @@ fn a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload(trans
     the_service_read_the_whole_upload(&ends, UPLOAD, &log());
 }
 
+/// A service that stops reading and closes while the user's upload is still on its
+/// way: the user is told, never left waiting, and never told that all went well.
+fn a_service_that_closes_mid_upload_ends_the_session_with_an_error(transport: Transport) {
+    let service = read_some_then_close_server();
+    let (gw, agent) = space_offering(transport, "KNOT_TCP_PORT", service);
+    let token = gw.user_token_for("alice", "alice--dev", "tcp");
+    let mut client = connect_piped(&gw, &token, service);
+    let mut stdin = client.stdin.take().unwrap();
+    // 1 MiB, more than the link's stream window and the service reads, then the end.
+    let _ = std::io::Write::write_all(&mut stdin, &vec![7u8; 1 << 20]);
+    drop(stdin);
+    let out = wait_with_limit(client, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
+    assert!(
+        !out.status.success() && stderr.contains("1011"),
+        "exit {}: {stderr}\ngateway:\n{}\nagent:\n{}",
+        out.status,
+        gw.log(),
+        agent.log()
+    );
+}
+
 /// The service behind `ends` read `upload` bytes and then end-of-file.
 fn the_service_read_the_whole_upload(
     ends: &std::sync::mpsc::Receiver<String>,
@@ -552,4 +575,5 @@ on_both_transports!(
     a_user_cut_off_mid_upgrade_is_a_reset_for_the_space_not_an_end,
     a_service_that_answers_and_half_closes_gets_the_whole_upload,
     a_service_that_answers_an_upgrade_and_half_closes_gets_the_whole_upload,
+    a_service_that_closes_mid_upload_ends_the_session_with_an_error,
 );

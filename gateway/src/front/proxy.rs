@@ -17,7 +17,7 @@ use tracing::{debug, Instrument};
 
 use super::auth::{strip_credentials, TOKEN_COOKIE};
 use super::reply::{self, Body};
-use crate::idle::{until_idle, Activity, Idle, Watched};
+use crate::idle::{until_idle, write_all_while_taken, Activity, Idle, Watched};
 use crate::metrics::Metrics;
 use crate::open::{Counted, Opened};
 use crate::stall::Stall;
@@ -214,6 +214,7 @@ async fn relay(
 ) -> Result<Relayed, Idle> {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut space_read, mut space_write) = tokio::io::split(space);
+    let space_ended = std::sync::atomic::AtomicBool::new(false);
     let up = async {
         let mut buf = vec![0u8; RELAY_BUFFER];
         let mut copied = 0u64;
@@ -222,8 +223,7 @@ async fn relay(
             if n == 0 {
                 break;
             }
-            space_write
-                .write_all(&buf[..n])
+            write_all_while_taken(&mut space_write, &buf[..n], &space_ended)
                 .await
                 .map_err(Cut::Refused)?;
             copied += n as u64;
@@ -238,6 +238,7 @@ async fn relay(
         loop {
             let n = space_read.read(&mut buf).await?;
             if n == 0 {
+                space_ended.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
             client_write.write_all(&buf[..n]).await?;

@@ -23,7 +23,7 @@ use tracing::{debug, Instrument, Span};
 
 use super::reply::{self, Body};
 use super::Limits;
-use crate::idle::{until_idle, Activity, Idle};
+use crate::idle::{until_idle, write_all_while_taken, Activity, Idle};
 use crate::metrics::Metrics;
 use crate::open::Opened;
 use crate::stall::Stall;
@@ -178,6 +178,7 @@ async fn relay(
     let (mut sink, mut source) = ws.split();
     let DataStream { mut send, mut recv } = stream;
     let activity = Activity::new();
+    let space_ended = std::sync::atomic::AtomicBool::new(false);
 
     // Client to space: binary messages become bytes. An empty message ends this
     // direction only; a Close (or the connection's end) ends both.
@@ -188,7 +189,7 @@ async fn relay(
                 Some(Ok(Message::Binary(b))) => {
                     metrics.to_space.inc_by(b.len() as u64);
                     activity.moved(b.len());
-                    if let Err(e) = send.write_all(&b).await {
+                    if let Err(e) = write_all_while_taken(&mut send, &b, &space_ended).await {
                         break Err(Cut::Refused(e.to_string()));
                     }
                 }
@@ -217,6 +218,7 @@ async fn relay(
             stall.reading();
             match recv.read(&mut buf).await {
                 Ok(0) => {
+                    space_ended.store(true, std::sync::atomic::Ordering::Relaxed);
                     let _ = sink.send(Message::Binary(Bytes::new())).await;
                     break Ok(Ended::HalfClose);
                 }

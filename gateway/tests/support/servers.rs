@@ -841,6 +841,16 @@ fn answer_then_close(mut conn: TcpStream) {
     thread::sleep(Duration::from_secs(1));
 }
 
+/// A TCP service that says `ready`, reads 100 KB of what the client sends and closes
+/// with the rest unread, which resets the connection. Returns the port.
+pub fn read_some_then_close_server() -> u16 {
+    serve_in_thread(|mut conn| {
+        let _ = conn.write_all(b"ready\n");
+        let mut some = vec![0u8; 100 * 1024];
+        let _ = conn.read_exact(&mut some);
+    })
+}
+
 /// A TCP service that reads until the client's end-of-file, then sends back everything
 /// it read and closes: it answers only a client that half-closes. Returns the port.
 pub fn echo_after_eof_server() -> u16 {
