@@ -352,9 +352,12 @@ impl AgentListener {
         // Datagrams from the agent by the last tick: more by this one, and yet silence
         // on the control stream, means the agent is there but its stream cannot pass.
         let mut datagrams_then = entry.link.datagrams_received();
+        // Whether the agent said anything on the control stream since the last tick.
+        let mut heard = true;
         loop {
             let outgoing = tokio::select! {
                 msg = control.next() => {
+                    heard = true;
                     let now = Instant::now();
                     heartbeat.on_message(now);
                     match msg? {
@@ -387,10 +390,18 @@ impl AgentListener {
                 }
                 _ = ticker.tick() => {
                     let now = Instant::now();
-                    self.cut_stalled(entry, heartbeat.interval());
                     let datagrams = entry.link.datagrams_received();
                     let arriving = datagrams.zip(datagrams_then).is_some_and(|(n, then)| n > then);
                     datagrams_then = datagrams;
+                    // A whole interval without a word on the control stream (an answer
+                    // to the last ping at least), while the agent's packets come: its
+                    // streams cannot pass, the link's window is full. Every stream whose
+                    // user is not reading is cut now, not at the heartbeat's limit.
+                    if !heard && arriving {
+                        cut_every_stalled(entry);
+                    }
+                    heard = false;
+                    self.cut_stalled(entry, heartbeat.interval());
                     match heartbeat.on_tick(now) {
                         Ok(ping) => ping,
                         // The agent is there but its stream cannot pass: the link's
@@ -398,15 +409,9 @@ impl AgentListener {
                         // to free it, and the link gets another limit's time; with none
                         // to cut, it is given up.
                         Err(silent) if arriving => {
-                            let cut = entry.stalls.cut_beyond(Duration::ZERO, 0);
-                            if cut == 0 {
+                            if cut_every_stalled(entry) == 0 {
                                 return Err(LinkEnd::Blocked(silent.0));
                             }
-                            warn!(
-                                cut,
-                                "the link's window was full: cut every stream whose user \
-                                 was not reading"
-                            );
                             heartbeat.on_message(now);
                             heartbeat.on_tick(now).map_err(|s| LinkEnd::Blocked(s.0))?
                         }
@@ -476,6 +481,19 @@ async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     )
     .await;
     let _ = tokio::io::AsyncWriteExt::shutdown(send).await;
+}
+
+/// Cuts every stream of the link whose user is not reading, for a link whose window
+/// is full; returns how many.
+fn cut_every_stalled(entry: &Entry) -> usize {
+    let cut = entry.stalls.cut_beyond(Duration::ZERO, 0);
+    if cut > 0 {
+        warn!(
+            cut,
+            "the link's window was full: cut every stream whose user was not reading"
+        );
+    }
+    cut
 }
 
 /// The `result` label of a rejected registration.

@@ -482,7 +482,10 @@ fn stalled_downloads_are_cut_before_they_fill_the_link(transport: Transport) {
         let cut: usize = gw
             .log()
             .lines()
-            .filter(|l| l.contains("cut streams whose users had not read"))
+            .filter(|l| {
+                l.contains("cut streams whose users had not read")
+                    || l.contains("cut every stream whose user was not reading")
+            })
             .filter_map(|l| {
                 l.split(" cut=")
                     .nth(1)?
@@ -502,10 +505,6 @@ fn stalled_downloads_are_cut_before_they_fill_the_link(transport: Transport) {
     assert!(
         cut >= 32 - kept,
         "{cut} of 32 stalled downloads were cut, where {kept} may stay\n{log}"
-    );
-    assert!(
-        log.contains("cut streams whose users had not read"),
-        "{log}"
     );
     assert!(
         !log.contains("space unregistered space=bob--dl"),
