@@ -397,11 +397,9 @@ impl AgentListener {
                     // to the last ping at least), while the agent's packets come: its
                     // streams cannot pass, the link's window is full. Every stream whose
                     // user is not reading is cut now, not at the heartbeat's limit.
-                    if !heard && arriving {
-                        cut_every_stalled(entry);
-                    }
+                    let full = !heard && arriving;
                     heard = false;
-                    self.cut_stalled(entry, heartbeat.interval());
+                    self.cut_slow(entry, heartbeat.interval(), full);
                     match heartbeat.on_tick(now) {
                         Ok(ping) => ping,
                         // The agent is there but its stream cannot pass: the link's
@@ -409,7 +407,7 @@ impl AgentListener {
                         // to free it, and the link gets another limit's time; with none
                         // to cut, it is given up.
                         Err(silent) if arriving => {
-                            if cut_every_stalled(entry) == 0 {
+                            if cut_every_waiting(entry) == 0 {
                                 return Err(LinkEnd::Blocked(silent.0));
                             }
                             heartbeat.on_message(now);
@@ -427,24 +425,39 @@ impl AgentListener {
         }
     }
 
-    /// Cuts the streams whose users have not read for `after`, longest first, beyond
-    /// as many as half the link's unread budget holds windows for: users who stop
-    /// reading, strangers on a public port among them, cannot fill the link.
-    fn cut_stalled(&self, entry: &Entry, after: Duration) {
+    /// Cuts the slow streams, those whose users are being waited on and took less than
+    /// [`SLOW_RATE`] over the last `interval`, slowest first, beyond as many as half the
+    /// link's unread budget holds windows for; all of them when the link's window is
+    /// `full`. Users who stop reading, strangers on a public port among them, cannot
+    /// fill the link, and those who read at a steady pace are left alone.
+    fn cut_slow(&self, entry: &Entry, interval: Duration, full: bool) {
         let window = match entry.link.kind() {
             TransportKind::Quic => u64::from(agent_link::transport::quic::STREAM_WINDOW),
             TransportKind::Tcp => agent_link::transport::mux::STREAM_WINDOW as u64,
         };
-        let kept = usize::try_from(self.unread_budget / 2 / window)
-            .unwrap_or(usize::MAX)
-            .max(1);
-        let cut = entry.stalls.cut_beyond(after, kept);
-        if cut > 0 {
+        let kept = if full {
+            0
+        } else {
+            usize::try_from(self.unread_budget / 2 / window)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        };
+        let min_moved = SLOW_RATE.saturating_mul(interval.as_secs().max(1));
+        let cut = entry.stalls.cut_slow(min_moved, kept);
+        if cut > 0 && full {
+            warn!(
+                cut,
+                "the link's window was full: cut every stream whose user was reading \
+                 slower than {} KiB/s",
+                SLOW_RATE / 1024
+            );
+        } else if cut > 0 {
             info!(
                 cut,
                 kept,
-                "cut streams whose users had not read for {after:?}: more than half the \
-                 link's unread budget (agents.max_unread_mib_per_link) could wait for them"
+                "cut streams whose users were reading slower than {} KiB/s: more than half \
+                 the link's unread budget (agents.max_unread_mib_per_link) could wait for them",
+                SLOW_RATE / 1024
             );
         }
     }
@@ -483,14 +496,18 @@ async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     let _ = tokio::io::AsyncWriteExt::shutdown(send).await;
 }
 
-/// Cuts every stream of the link whose user is not reading, for a link whose window
-/// is full; returns how many.
-fn cut_every_stalled(entry: &Entry) -> usize {
-    let cut = entry.stalls.cut_beyond(Duration::ZERO, 0);
+/// Bytes a second below which a user who is being waited on is slow (16 KiB/s, 128
+/// kbit/s): slower, its stream's window stays full.
+const SLOW_RATE: u64 = 16 * 1024;
+
+/// Cuts every stream of the link whose user is being waited on, the last resort for a
+/// link whose window is still full; returns how many.
+fn cut_every_waiting(entry: &Entry) -> usize {
+    let cut = entry.stalls.cut_waiting();
     if cut > 0 {
         warn!(
             cut,
-            "the link's window was full: cut every stream whose user was not reading"
+            "the link's window stayed full: cut every stream whose user was being waited on"
         );
     }
     cut

@@ -192,7 +192,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let n = buf.filled().len() - before;
         this.read.inc_by(n as u64);
         if n > 0 {
-            this.stall.handed();
+            this.stall.handed(n);
         }
         result
     }

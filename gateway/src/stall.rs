@@ -5,13 +5,13 @@
 //! `agents.max_unread_mib_per_link`) is shared with the space's other streams and its
 //! control stream, so enough stalled users, even strangers on a public port, could
 //! block the whole link. Each stream therefore carries a [`Stall`] mark, set while its
-//! relay has handed the user data and is waiting for the user to take it; the link's
-//! control loop cuts the longest-stalled streams beyond the number whose windows fit
-//! in half the budget, and all stalled streams when the link is blocked already.
+//! relay has handed the user data and is waiting for the user to take it, and counts
+//! what the user took. At each ping tick the link's control loop cuts the slow streams
+//! (waited on, and little taken since the last tick) beyond the number whose windows
+//! fit in half the budget, and all slow streams when the link's window is full.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -23,6 +23,9 @@ pub struct Stall {
     /// When (see [`now_ms`]) the relay last handed the user data that the user has not
     /// come back for; 0 while the relay is not waiting on the user.
     since: AtomicU64,
+    /// Bytes handed to the user so far, and as many at the last [`Stalls::cut_slow`].
+    moved: AtomicU64,
+    moved_then: AtomicU64,
     cut: CancellationToken,
 }
 
@@ -32,9 +35,10 @@ impl Stall {
         self.since.store(0, Ordering::Relaxed);
     }
 
-    /// The relay read data from the space for the user.
-    pub fn handed(&self) {
+    /// The relay read `n` bytes from the space for the user.
+    pub fn handed(&self, n: usize) {
         self.since.store(now_ms(), Ordering::Relaxed);
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Resolves when the stream is to be cut.
@@ -61,30 +65,59 @@ impl Stalls {
         stall
     }
 
-    /// Cuts the streams stalled for `after` or longer, longest-stalled first, until
-    /// `keep` are left; returns how many were cut.
-    pub fn cut_beyond(&self, after: Duration, keep: usize) -> usize {
-        let now = now_ms();
-        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        let mut stalled: Vec<(u64, Arc<Stall>)> = {
-            let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
-            streams.retain(|s| s.strong_count() > 0);
-            streams
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|s| !s.cut.is_cancelled())
-                .filter_map(|s| {
-                    let since = s.since.load(Ordering::Relaxed);
-                    (since != 0 && now.saturating_sub(since) >= after).then_some((since, s))
-                })
-                .collect()
-        };
-        if stalled.len() <= keep {
+    /// Called once per tick: cuts the slow streams, those whose user is being waited on
+    /// now and took fewer than `min_moved` bytes since the last call, slowest first,
+    /// until `keep` are left; returns how many were cut. A user who reads a little now
+    /// and then still keeps its stream's whole window full, and one who reads at a
+    /// steady pace is not slow however often it is caught being waited on.
+    pub fn cut_slow(&self, min_moved: u64, keep: usize) -> usize {
+        let mut slow: Vec<(u64, u64, Arc<Stall>)> = self
+            .live()
+            .into_iter()
+            .filter_map(|s| {
+                let moved = s.moved.load(Ordering::Relaxed);
+                let delta = moved - s.moved_then.swap(moved, Ordering::Relaxed);
+                let since = s.since.load(Ordering::Relaxed);
+                (since != 0 && delta < min_moved).then_some((delta, since, s))
+            })
+            .collect();
+        Self::cut(&mut slow, keep)
+    }
+
+    /// Cuts every stream whose user is being waited on now, whatever its pace: the
+    /// last resort before a link whose window is full is given up.
+    pub fn cut_waiting(&self) -> usize {
+        let mut waiting: Vec<(u64, u64, Arc<Stall>)> = self
+            .live()
+            .into_iter()
+            .filter_map(|s| {
+                let since = s.since.load(Ordering::Relaxed);
+                (since != 0).then_some((0, since, s))
+            })
+            .collect();
+        Self::cut(&mut waiting, 0)
+    }
+
+    /// The marks of the streams still open and not cut, forgetting closed ones.
+    fn live(&self) -> Vec<Arc<Stall>> {
+        let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|s| s.strong_count() > 0);
+        streams
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.cut.is_cancelled())
+            .collect()
+    }
+
+    /// Cuts all of `streams` (bytes moved, waited on since, mark) but the `keep` that
+    /// moved most, the longest waited on first among equals.
+    fn cut(streams: &mut [(u64, u64, Arc<Stall>)], keep: usize) -> usize {
+        if streams.len() <= keep {
             return 0;
         }
-        stalled.sort_unstable_by_key(|(since, _)| *since);
-        let excess = stalled.len() - keep;
-        for (_, s) in &stalled[..excess] {
+        streams.sort_unstable_by_key(|(moved, since, _)| (*moved, *since));
+        let excess = streams.len() - keep;
+        for (_, _, s) in &streams[..excess] {
             s.cut.cancel();
         }
         excess
@@ -105,23 +138,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_stalled_streams_beyond_the_kept_number_are_cut() {
+    fn the_slowest_streams_beyond_the_kept_number_are_cut() {
         let stalls = Stalls::default();
-        let marks: Vec<_> = (0..4).map(|_| stalls.register()).collect();
-        // Stalled in the order 2, 0, 3; stream 1 is reading.
-        for i in [2, 0, 3] {
-            marks[i].handed();
-            std::thread::sleep(Duration::from_millis(3));
-        }
-        marks[1].reading();
-        assert_eq!(stalls.cut_beyond(Duration::ZERO, 1), 2);
+        let marks: Vec<_> = (0..5).map(|_| stalls.register()).collect();
+        // 0 and 2 took little, 3 a lot, all three are waited on; 1 is reading; 4 took
+        // little but is reading too.
+        marks[0].handed(100);
+        marks[2].handed(10);
+        marks[3].handed(1 << 20);
+        marks[4].handed(10);
+        marks[4].reading();
+        assert_eq!(stalls.cut_slow(64 * 1024, 1), 1);
         let cut: Vec<bool> = marks.iter().map(|m| m.cut.is_cancelled()).collect();
-        assert_eq!(cut, [true, false, true, false]);
-        // Nothing stalled long enough: nothing more is cut.
-        assert_eq!(stalls.cut_beyond(Duration::from_secs(60), 0), 0);
+        assert_eq!(
+            cut,
+            [false, false, true, false, false],
+            "the slowest, 2, goes"
+        );
+        // Next tick: 0 took nothing more, so it is slow, while 3 took another MiB; and
+        // none are kept now.
+        marks[3].handed(1 << 20);
+        assert_eq!(stalls.cut_slow(64 * 1024, 0), 1);
+        assert!(marks[0].cut.is_cancelled() && !marks[3].cut.is_cancelled());
+        // The last resort takes whoever is waited on, however fast.
+        assert_eq!(stalls.cut_waiting(), 1);
+        assert!(marks[3].cut.is_cancelled() && !marks[1].cut.is_cancelled());
         // A closed stream's mark is forgotten.
         drop(marks);
-        assert_eq!(stalls.cut_beyond(Duration::ZERO, 0), 0);
+        assert_eq!(stalls.cut_waiting(), 0);
         assert!(stalls.streams.read().expect("not poisoned").is_empty());
     }
 }

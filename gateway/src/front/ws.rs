@@ -223,7 +223,7 @@ async fn relay(
                     break Ok(Ended::HalfClose);
                 }
                 Ok(n) => {
-                    stall.handed();
+                    stall.handed(n);
                     metrics.from_space.inc_by(n as u64);
                     activity.moved(n);
                     if let Err(e) = sink
