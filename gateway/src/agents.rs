@@ -443,7 +443,7 @@ impl AgentListener {
                 .max(1)
         };
         let min_moved = SLOW_RATE.saturating_mul(interval.as_secs().max(1));
-        let cut = entry.stalls.cut_slow(min_moved, kept);
+        let cut = entry.stalls.cut_slow(interval, min_moved, kept);
         if cut > 0 && full {
             warn!(
                 cut,

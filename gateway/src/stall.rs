@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -26,13 +27,20 @@ pub struct Stall {
     /// Bytes handed to the user so far, and as many at the last [`Stalls::cut_slow`].
     moved: AtomicU64,
     moved_then: AtomicU64,
+    /// Milliseconds the relay waited on the user since the last [`Stalls::cut_slow`],
+    /// in spans that have ended.
+    waited_ms: AtomicU64,
     cut: CancellationToken,
 }
 
 impl Stall {
     /// The relay reads from the space again: the user took what it was handed.
     pub fn reading(&self) {
-        self.since.store(0, Ordering::Relaxed);
+        let since = self.since.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let waited = now_ms().saturating_sub(since);
+            self.waited_ms.fetch_add(waited, Ordering::Relaxed);
+        }
     }
 
     /// The relay read `n` bytes from the space for the user.
@@ -65,20 +73,33 @@ impl Stalls {
         stall
     }
 
-    /// Called once per tick: cuts the slow streams, those whose user is being waited on
-    /// now and took fewer than `min_moved` bytes since the last call, slowest first,
-    /// until `keep` are left; returns how many were cut. A user who reads a little now
-    /// and then still keeps its stream's whole window full, and one who reads at a
-    /// steady pace is not slow however often it is caught being waited on.
-    pub fn cut_slow(&self, min_moved: u64, keep: usize) -> usize {
+    /// Called once per `interval` (a tick): cuts the slow streams, slowest first, until
+    /// `keep` are left; returns how many were cut. A stream is slow when its relay
+    /// waited on the user for half the interval or more and the user took fewer than
+    /// `min_moved` bytes in it. A user who reads a little now and then keeps its
+    /// stream's whole window full; one who reads at a steady pace, or a session that
+    /// sends a little and is read at once, is not slow.
+    pub fn cut_slow(&self, interval: Duration, min_moved: u64, keep: usize) -> usize {
+        let now = now_ms();
+        let half = u64::try_from(interval.as_millis() / 2).unwrap_or(u64::MAX);
         let mut slow: Vec<(u64, u64, Arc<Stall>)> = self
             .live()
             .into_iter()
             .filter_map(|s| {
                 let moved = s.moved.load(Ordering::Relaxed);
                 let delta = moved - s.moved_then.swap(moved, Ordering::Relaxed);
+                // The span still open counts up to now, and from now for the next tick
+                // (unless the relay ended it meanwhile).
                 let since = s.since.load(Ordering::Relaxed);
-                (since != 0 && delta < min_moved).then_some((delta, since, s))
+                let mut waited = s.waited_ms.swap(0, Ordering::Relaxed);
+                if since != 0
+                    && s.since
+                        .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    waited += now.saturating_sub(since);
+                }
+                (waited >= half && delta < min_moved).then_some((delta, since, s))
             })
             .collect();
         Self::cut(&mut slow, keep)
@@ -139,16 +160,20 @@ mod tests {
 
     #[test]
     fn the_slowest_streams_beyond_the_kept_number_are_cut() {
+        // Ticks 4 ms apart: a stream waited on for 2 ms or more of one is waited on.
+        let tick = Duration::from_millis(4);
+        let wait = || std::thread::sleep(Duration::from_millis(6));
         let stalls = Stalls::default();
         let marks: Vec<_> = (0..5).map(|_| stalls.register()).collect();
-        // 0 and 2 took little, 3 a lot, all three are waited on; 1 is reading; 4 took
-        // little but is reading too.
+        // 0 and 2 took little and are waited on, 3 took a lot; 4 took little and was
+        // read at once (a session with a little output); 1 sent nothing (idle).
         marks[0].handed(100);
         marks[2].handed(10);
         marks[3].handed(1 << 20);
         marks[4].handed(10);
         marks[4].reading();
-        assert_eq!(stalls.cut_slow(64 * 1024, 1), 1);
+        wait();
+        assert_eq!(stalls.cut_slow(tick, 64 * 1024, 1), 1);
         let cut: Vec<bool> = marks.iter().map(|m| m.cut.is_cancelled()).collect();
         assert_eq!(
             cut,
@@ -158,7 +183,8 @@ mod tests {
         // Next tick: 0 took nothing more, so it is slow, while 3 took another MiB; and
         // none are kept now.
         marks[3].handed(1 << 20);
-        assert_eq!(stalls.cut_slow(64 * 1024, 0), 1);
+        wait();
+        assert_eq!(stalls.cut_slow(tick, 64 * 1024, 0), 1);
         assert!(marks[0].cut.is_cancelled() && !marks[3].cut.is_cancelled());
         // The last resort takes whoever is waited on, however fast.
         assert_eq!(stalls.cut_waiting(), 1);
