@@ -349,6 +349,10 @@ impl AgentListener {
     ) -> Result<(), LinkEnd> {
         let mut heartbeat = Heartbeat::new(self.ping_interval, Instant::now());
         let mut ticker = tokio::time::interval(heartbeat.interval());
+        // Slow streams are looked for every second while any stream is open, so that
+        // they are cut before they fill the link, not a ping interval later.
+        let mut stall_ticker = tokio::time::interval(STALL_TICK);
+        stall_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Datagrams from the agent by the last tick: more by this one, and yet silence
         // on the control stream, means the agent is there but its stream cannot pass.
         let mut datagrams_then = entry.link.datagrams_received();
@@ -388,6 +392,10 @@ impl AgentListener {
                     stream.reset();
                     continue;
                 }
+                _ = stall_ticker.tick(), if entry.open_streams.load(Ordering::Relaxed) > 0 => {
+                    self.cut_slow(entry, STALL_TICK, false);
+                    continue;
+                }
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     let datagrams = entry.link.datagrams_received();
@@ -397,9 +405,12 @@ impl AgentListener {
                     // to the last ping at least), while the agent's packets come: its
                     // streams cannot pass, the link's window is full. Every stream whose
                     // user is not reading is cut now, not at the heartbeat's limit.
-                    let full = !heard && arriving;
+                    // The window-full cut: every stream waited on at all since the
+                    // last stall tick that took little; the rest is left to those ticks.
+                    if !heard && arriving {
+                        self.cut_slow(entry, Duration::from_millis(2), true);
+                    }
                     heard = false;
-                    self.cut_slow(entry, heartbeat.interval(), full);
                     match heartbeat.on_tick(now) {
                         Ok(ping) => ping,
                         // The agent is there but its stream cannot pass: the link's
@@ -495,6 +506,9 @@ async fn reject(send: &mut SendHalf, reason: RejectReason, message: &str) {
     .await;
     let _ = tokio::io::AsyncWriteExt::shutdown(send).await;
 }
+
+/// How often a link with open streams is searched for slow ones.
+const STALL_TICK: Duration = Duration::from_secs(1);
 
 /// Bytes a second below which a user who is being waited on is slow (16 KiB/s, 128
 /// kbit/s): slower, its stream's window stays full.
