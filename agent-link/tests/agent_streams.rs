@@ -120,7 +120,11 @@ async fn the_agent_refuses_ports_it_does_not_offer_and_garbage_and_keeps_serving
     // A port the space does not offer: refused with the reason, nothing connected.
     let (refused, ..) = answer(&conn, &open(22)).await;
     assert!(
-        matches!(&refused, StreamAnswer::Refused { reason: RefuseReason::PortNotOffered, message } if message.contains("22")),
+        matches!(
+            &refused,
+            StreamAnswer::Refused { reason: RefuseReason::PortNotOffered, message }
+                if message.contains("22")
+        ),
         "{refused:?}"
     );
 

@@ -81,7 +81,9 @@ pub(super) async fn forward(
                 },
                 // Dropping the connection resets the stream; the user's response is
                 // cut, not ended.
-                () = conn_stall.cut() => debug!("upstream connection cut: its user had stopped reading"),
+                () = conn_stall.cut() => {
+                    debug!("upstream connection cut: its user had stopped reading");
+                }
             }
             drop(conn_guard);
         }
@@ -179,7 +181,11 @@ async fn join_upgraded(
             true
         }
         Ok((Err(Cut::Refused(e)), Ok(down))) => {
-            debug!(error = %e, bytes_down = down, "the space took no more of the upload; its answer was delivered");
+            debug!(
+                error = %e,
+                bytes_down = down,
+                "the space took no more of the upload; its answer was delivered"
+            );
             linger(&mut client).await;
             true
         }

@@ -717,6 +717,10 @@ pub fn silent_server() -> u16 {
     })
 }
 
+/// The `101` with which the upgrading test services accept any request.
+const SWITCH: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
+
 /// Bytes of every [`answer_then_close_server`] answer.
 pub const EARLY_ANSWER: u64 = 5 << 20;
 
@@ -736,9 +740,7 @@ pub fn upgrade_answer_then_close_server() -> u16 {
         if !read_head(&mut conn) {
             return;
         }
-        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
-                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
-        if conn.write_all(switch.as_bytes()).is_ok() {
+        if conn.write_all(SWITCH).is_ok() {
             answer_then_close(conn);
         }
     })
@@ -748,11 +750,7 @@ pub fn upgrade_answer_then_close_server() -> u16 {
 /// upgraded connection to its end; how each connection ended comes out of the
 /// receiver (see [`reporting_server`]). Returns the port too.
 pub fn upgrade_sink_server() -> (u16, std::sync::mpsc::Receiver<String>) {
-    reporting_server(|conn| {
-        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
-                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
-        read_head(conn) && conn.write_all(switch.as_bytes()).is_ok()
-    })
+    reporting_server(|conn| read_head(conn) && conn.write_all(SWITCH).is_ok())
 }
 
 /// A TCP service that answers at once with [`HALF_CLOSE_ANSWER`] bytes of `A`, ends
@@ -769,10 +767,8 @@ pub fn half_close_then_read_server() -> (u16, std::sync::mpsc::Receiver<String>)
 /// with a `101` first. Returns the port and the receiver.
 pub fn upgrade_half_close_then_read_server() -> (u16, std::sync::mpsc::Receiver<String>) {
     reporting_server(|conn| {
-        let switch = "HTTP/1.1 101 Switching Protocols\r\n\
-                      Connection: Upgrade\r\nUpgrade: knot-test\r\n\r\n";
         read_head(conn)
-            && conn.write_all(switch.as_bytes()).is_ok()
+            && conn.write_all(SWITCH).is_ok()
             && conn.write_all(&[b'A'; HALF_CLOSE_ANSWER]).is_ok()
             && conn.shutdown(std::net::Shutdown::Write).is_ok()
     })
